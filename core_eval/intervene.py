@@ -1,0 +1,86 @@
+"""Apply a head set with a mask variant to an already-loaded model.
+
+:func:`apply_intervention` is what :func:`core_eval.load` and the harness wrappers call. An empty
+head set installs nothing, so the model stays bit-identical to the unmodified one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from core_eval.adapters import ModelAdapter, ModelShape, adapter_for
+from core_eval.masks import Patcher, Variant, VariantError, make_variant
+from core_eval.spec import check_heads as _check_heads, heads_by_layer
+
+
+def check_heads(heads, shape: ModelShape) -> list[tuple[int, int]]:
+    """Validate ``[(layer, head), ...]`` against ``shape`` (raises ``HeadSpecError``); sorted list."""
+    return _check_heads(heads, shape.num_layers, shape.num_heads)
+
+
+def head_index(heads) -> dict[int, torch.Tensor]:
+    """layer -> LongTensor of query-head indices (ascending), for the variants."""
+    return {l: torch.tensor(h, dtype=torch.long) for l, h in heads_by_layer(heads).items()}
+
+
+@dataclass
+class Intervention:
+    """What was applied to a model; :meth:`remove` restores it."""
+
+    variant: Variant
+    heads: list[tuple[int, int]]
+    adapter: ModelAdapter
+    patcher: Patcher | None = None
+    provenance: dict = field(default_factory=dict)
+
+    def remove(self) -> None:
+        if self.patcher is not None:
+            self.patcher.remove()
+            self.patcher = None
+
+    def summary(self) -> dict:
+        """JSON-able record of the intervention, written into every output."""
+        from core_eval import __version__
+
+        per_layer = {f"layer_{l}": h for l, h in heads_by_layer(self.heads).items()}
+        return {
+            "variant": self.variant.describe(),
+            "n_heads": len(self.heads),
+            "heads": [list(h) for h in self.heads],
+            "heads_per_layer": per_layer,
+            "attention_backend": self.adapter.text_config._attn_implementation,
+            "family": self.adapter.family.name,
+            "shape": self.adapter.shape.as_dict(),
+            "core_eval_version": __version__,
+            **self.provenance,
+        }
+
+
+def apply_intervention(
+    model: torch.nn.Module,
+    heads,
+    variant: str | Variant = "zero",
+    *,
+    provenance: dict | None = None,
+    **options,
+) -> Intervention:
+    """Apply ``variant`` to query heads ``heads`` (``[(layer, head), ...]``) of the language model."""
+    adapter = adapter_for(model)
+    heads = check_heads(heads, adapter.shape)
+    if isinstance(variant, str):
+        variant = make_variant(variant, **options)
+    elif options:
+        raise VariantError("pass options either to the Variant instance or as keyword arguments, not both")
+    variant.check(adapter.shape, heads)
+    intervention = Intervention(variant, heads, adapter, provenance=dict(provenance or {}))
+    if heads:
+        patcher = Patcher(model, adapter)
+        try:
+            variant.apply(patcher, head_index(heads))
+        except Exception:
+            patcher.remove()
+            raise
+        intervention.patcher = patcher
+    return intervention

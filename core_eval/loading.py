@@ -1,0 +1,276 @@
+"""``core_eval.load``: ``from_pretrained`` + a head set + a mask variant, validated before loading.
+
+Everything that can be checked without weights is checked first (config, family, head spec and
+its shape, head set, variant name and options), so bad input fails in seconds with a message that
+names the problem, not after minutes of loading.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from core_eval.adapters import ModelShape, family_for_config, shape_from_config
+from core_eval.intervene import Intervention, apply_intervention, check_heads
+from core_eval.masks import Variant, make_variant
+
+HEAD_RULES = ("top", "bottom", "random", "layer_matched_random", "threshold", "spec", "none")
+
+
+class LoadError(ValueError):
+    """Bad arguments to :func:`load` (raised before any weights are read)."""
+
+
+@dataclass
+class Loaded:
+    """A loaded model with its processor (tokenizer for text models) and what was applied."""
+
+    model: Any
+    processor: Any
+    intervention: Intervention
+    spec: Any = None
+    summary: dict = field(default_factory=dict)
+
+    @property
+    def adapter(self):
+        return self.intervention.adapter
+
+
+def load_config(pretrained: str | os.PathLike, **kwargs):
+    """``AutoConfig.from_pretrained`` with an error that says what to pass instead."""
+    from transformers import AutoConfig
+
+    try:
+        return AutoConfig.from_pretrained(str(pretrained), **kwargs)
+    except (OSError, ValueError) as e:
+        raise LoadError(
+            f"pretrained={pretrained!s}: cannot read a transformers config ({e}). Pass a local directory "
+            "saved with save_pretrained (config.json inside) or a model id in the local HF cache."
+        ) from None
+
+
+def resolve_heads(
+    shape: ModelShape,
+    *,
+    spec=None,
+    heads=None,
+    frac: float | None = None,
+    k: int | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+) -> tuple[list[tuple[int, int]], dict]:
+    """Turn the user's head arguments into ``[(layer, head), ...]`` and a selection record.
+
+    ``heads`` is a rule name (``HEAD_RULES``; rules other than ``none`` read ``spec``'s RAM scores,
+    ``spec`` takes the spec's own selection) or an explicit list of ``(layer, head)`` pairs.
+    ``None`` means the spec's selection when a spec is given, else no heads.
+    """
+    if heads is None:
+        heads = "spec" if spec is not None else "none"
+    if not isinstance(heads, str):
+        if frac is not None or k is not None or threshold is not None:
+            raise LoadError("an explicit head list takes no frac, k or threshold")
+        chosen = check_heads(heads, shape)
+        return chosen, {"rule": "explicit", "n": len(chosen)}
+    if heads not in HEAD_RULES:
+        raise LoadError(f"heads={heads!r} is not a selection rule; use one of {', '.join(HEAD_RULES)} or a list of (layer, head)")
+    if heads == "none":
+        return [], {"rule": "none"}
+    if spec is None:
+        raise LoadError(f"heads={heads} needs a head spec (head_spec=PATH) to rank heads by")
+    if heads == "spec":
+        if frac is not None or k is not None or threshold is not None:
+            raise LoadError("heads=spec uses the spec's own selection; drop frac/k/threshold or name a rule")
+        return check_heads(spec.heads, shape), {"from_spec": True, **spec.rule}
+    if heads != "threshold" and frac is None and k is None:
+        frac = 0.05
+    sel = spec.with_selection(heads, frac=frac, k=k, seed=seed, threshold=threshold)
+    return check_heads(sel.heads, shape), {**sel.rule, "n": len(sel.heads)}
+
+
+@dataclass
+class Plan:
+    """A validated intervention for one checkpoint, made before any weights load.
+
+    :func:`plan` builds it from user arguments (cheap: config and spec files only);
+    :meth:`apply` installs it on the loaded model. Harness wrappers use the two halves around
+    their own ``from_pretrained``; :func:`load` chains them.
+    """
+
+    pretrained: str
+    shape: ModelShape
+    family: Any
+    heads: list[tuple[int, int]]
+    selection: dict
+    variant: Variant
+    spec: Any = None
+    spec_path: Path | None = None
+    means_probes: str = "grid_needle"
+    means_n: int = 16
+    revision: str | None = None
+
+    @property
+    def needs_means(self) -> bool:
+        return self.variant.name == "mean" and bool(self.heads) and self.variant.config.get("means") is None
+
+    def apply(self, model, processor=None) -> Intervention:
+        """Install on ``model`` (computing head means first if ``mean`` has none)."""
+        means_record = None
+        if self.needs_means:
+            if processor is None:
+                raise LoadError("mean ablation without a means file needs the processor to compute head means")
+            means_record = _compute_default_means(model, processor, self.variant, self.spec_path,
+                                                  self.means_probes, self.means_n)
+        elif self.variant.name == "mean" and isinstance(self.variant.config.get("means"), (str, Path)):
+            means_record = {"path": str(self.variant.config["means"])}
+        provenance = {
+            "model": {"name_or_path": self.pretrained, "revision": self.revision,
+                      "architecture": type(model).__name__},
+            "selection": self.selection,
+            "spec": None if self.spec is None else {
+                "path": str(self.spec_path) if self.spec_path else None, "hash": self.spec.content_hash()},
+        }
+        if means_record:
+            provenance["means"] = means_record
+        return apply_intervention(model, self.heads, self.variant, provenance=provenance)
+
+
+def plan(
+    pretrained: str | os.PathLike,
+    *,
+    spec: str | os.PathLike | Any = None,
+    heads=None,
+    ablation: str | Variant = "zero",
+    frac: float | None = None,
+    k: int | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+    variant_options: dict | None = None,
+    means: str | os.PathLike | None = None,
+    means_probes: str = "grid_needle",
+    means_n: int = 16,
+    revision: str | None = None,
+) -> Plan:
+    """Validate the intervention arguments against the checkpoint's config (no weights read).
+
+    See :func:`load` for the arguments.
+    """
+    from core_eval.spec import HeadSpecError, load_head_spec
+
+    config = load_config(pretrained, **({"revision": revision} if revision else {}))
+    family = family_for_config(config)
+    shape = shape_from_config(config)
+
+    spec_path = None
+    if spec is not None and not hasattr(spec, "heads"):
+        spec_path = Path(spec)
+        if not spec_path.is_file():
+            raise LoadError(f"head_spec={spec_path} does not exist")
+        spec = load_head_spec(spec_path, shape=shape)
+    if spec is not None:
+        try:
+            spec.check_shape(shape)
+        except HeadSpecError as e:
+            raise LoadError(f"head spec {spec_path or ''} does not fit pretrained={pretrained}: {e}") from None
+
+    chosen, selection = resolve_heads(shape, spec=spec, heads=heads, frac=frac, k=k, seed=seed, threshold=threshold)
+    variant = ablation if isinstance(ablation, Variant) else make_variant(ablation, **dict(variant_options or {}))
+    variant.check(shape, chosen)
+    p = Plan(str(pretrained), shape, family, chosen, selection, variant, spec, spec_path,
+             means_probes, means_n, revision)
+    if p.needs_means:
+        from core_eval.means import means_path_for
+
+        if means is None and spec_path is not None and means_path_for(spec_path).is_file():
+            means = means_path_for(spec_path)
+        if means is not None:
+            if not Path(means).is_file():
+                raise LoadError(f"means={means} does not exist")
+            variant.config["means"] = str(means)
+    return p
+
+
+def load(
+    pretrained: str | os.PathLike,
+    *,
+    spec: str | os.PathLike | Any = None,
+    heads=None,
+    ablation: str | Variant = "zero",
+    frac: float | None = None,
+    k: int | None = None,
+    seed: int = 0,
+    threshold: float | None = None,
+    variant_options: dict | None = None,
+    means: str | os.PathLike | None = None,
+    means_probes: str = "grid_needle",
+    means_n: int = 16,
+    dtype: Any = None,
+    device: str | None = None,
+    revision: str | None = None,
+    attn_implementation: str = "sdpa",
+    load_processor: bool = True,
+    **from_pretrained_kwargs,
+) -> Loaded:
+    """Load a supported model and processor and apply a head set with a mask variant.
+
+    Args:
+        pretrained: local directory or cached model id.
+        spec: head-spec path (core-head-spec/v1, Retrieval Head JSON or DuoAttention TSV) or object.
+        heads: selection rule name, ``"spec"``, ``"none"`` or explicit ``[(layer, head), ...]``.
+        ablation: variant name (``zero``, ``mean``, ``uniform``, ``visual_knockout``, a registered
+            name) or ``"pkg.module:ClassName"``, or a :class:`Variant` instance.
+        frac / k / seed / threshold: selection size and seed for rule names (default frac 0.05).
+        variant_options: options for the variant.
+        means: head-means file for ``mean`` (default: ``<spec>.means.safetensors``, computed on
+            ``means_n`` generated ``means_probes`` samples when missing).
+        dtype, device, revision, attn_implementation, **from_pretrained_kwargs: passed on.
+
+    Returns a :class:`Loaded` whose ``summary`` records what was applied.
+    """
+    p = plan(pretrained, spec=spec, heads=heads, ablation=ablation, frac=frac, k=k, seed=seed,
+             threshold=threshold, variant_options=variant_options, means=means,
+             means_probes=means_probes, means_n=means_n, revision=revision)
+    model, processor = _from_pretrained(
+        pretrained, family=p.family, dtype=dtype, device=device, revision=revision,
+        attn_implementation=attn_implementation, load_processor=load_processor or p.needs_means,
+        **from_pretrained_kwargs,
+    )
+    intervention = p.apply(model, processor)
+    return Loaded(model, processor, intervention, p.spec, intervention.summary())
+
+
+def _from_pretrained(pretrained, *, family, dtype, device, revision, attn_implementation, load_processor, **kwargs):
+    import transformers
+
+    auto = transformers.AutoModelForCausalLM if family.text_config is None else transformers.AutoModelForImageTextToText
+    kw = dict(kwargs)
+    if revision:
+        kw["revision"] = revision
+    if dtype is not None:
+        kw["dtype"] = dtype
+    if device is not None:
+        kw["device_map"] = device
+    model = auto.from_pretrained(str(pretrained), attn_implementation=attn_implementation, **kw).eval()
+    processor = None
+    if load_processor:
+        pauto = transformers.AutoTokenizer if family.text_config is None else transformers.AutoProcessor
+        processor = pauto.from_pretrained(str(pretrained), **({"revision": revision} if revision else {}))
+    return model, processor
+
+
+def _compute_default_means(model, processor, variant, spec_path, probes_name, n):
+    """Compute head means on generated probes; cache beside the spec when there is one."""
+    from core_eval.means import compute_head_means, means_path_for, save_head_means
+    from core_eval.probes import generate, probe_set_hash
+    from core_eval.prompting import iter_batches
+
+    samples = generate(probes_name, n, seed=0)
+    means = compute_head_means(model, iter_batches(processor, samples, batch_size=4))
+    record = {"probes": probes_name, "n": n, "probe_hash": probe_set_hash(samples)}
+    if spec_path is not None:
+        path = save_head_means(means_path_for(spec_path), means, {k: str(v) for k, v in record.items()})
+        record["path"] = str(path)
+    variant.config["means"] = means
+    return record

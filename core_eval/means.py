@@ -1,0 +1,86 @@
+"""Per-head mean outputs ``(L, H, D)`` on a reference set, for ``mean`` ablation.
+
+The mean is taken over every non-padding token position of every reference input, of the
+per-head attention output that enters ``o_proj``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Iterable
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from core_eval.adapters import adapter_for
+
+
+@torch.no_grad()
+def compute_head_means(model, batches: Iterable[dict], *, progress: bool = True) -> torch.Tensor:
+    """Mean per-head ``o_proj`` input over the non-padding tokens of ``batches``.
+
+    ``batches`` yields model inputs (processor outputs) with an ``attention_mask``.
+    Returns float32 ``(num_layers, num_heads, head_dim)``.
+    """
+    from tqdm.auto import tqdm
+
+    adapter = adapter_for(model)
+    s = adapter.shape
+    sums = torch.zeros(s.num_layers, s.num_heads, s.head_dim, dtype=torch.float64)
+    count = torch.zeros((), dtype=torch.float64)
+    current: dict[str, torch.Tensor] = {}
+
+    def make_hook(layer):
+        def hook(module, args):
+            x = args[0].view(*args[0].shape[:-1], s.num_heads, s.head_dim).double()
+            m = current["mask"].to(x.device, x.dtype)[..., None, None]  # (B, T, 1, 1)
+            sums[layer] += (x * m).sum(dim=(0, 1)).cpu()
+
+        return hook
+
+    handles = [adapter.o_proj(l).register_forward_pre_hook(make_hook(l)) for l in range(s.num_layers)]
+    try:
+        for batch in tqdm(batches, desc="head means", disable=not progress):
+            batch = {k: v.to(model.device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+            mask = batch.get("attention_mask")
+            if mask is None:
+                mask = torch.ones_like(batch["input_ids"])
+            current["mask"] = mask
+            count += mask.sum().double().cpu()
+            model(**batch)
+    finally:
+        for h in handles:
+            h.remove()
+    if count == 0:
+        raise ValueError("compute_head_means got no tokens (empty reference set)")
+    return (sums / count).float()
+
+
+def means_path_for(spec_path: str | os.PathLike) -> Path:
+    """Where the means of a spec live: ``<spec stem>.means.safetensors`` beside it."""
+    p = Path(spec_path)
+    return p.with_name(p.stem + ".means.safetensors")
+
+
+def save_head_means(path: str | os.PathLike, means: torch.Tensor, metadata: dict[str, str] | None = None) -> Path:
+    """Write atomically (temp file + rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file({"head_means": means.contiguous().float()}, tmp, metadata=metadata or {})
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def load_head_means(path: str | os.PathLike) -> torch.Tensor:
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"head-means file {path} does not exist; compute it with core_eval.means.compute_head_means")
+    return load_file(str(path))["head_means"]

@@ -1,0 +1,27 @@
+"""Retrieval-style visual probes with known target regions, for RAM scoring and probe tasks.
+
+- :class:`ProbeSample` / :class:`Box`: images, plain-text question, gold answer (+ aliases) and
+  half-open pixel boxes of the region the answer is read from (empty = whole image(s)).
+- Synthetic families (deterministic in seed + knobs): ``grid_needle``, ``multi_image_needle``,
+  ``text_lookup``, ``count_control``; ``generate(family, n, seed=0, **knobs)``.
+- User data: :func:`read_jsonl` (validates every row), :func:`write_jsonl`.
+- :func:`to_hf_dataset`, :func:`load_probe`, :func:`custom_dataset` (lm-eval hook).
+- :func:`exact_match`, :func:`relaxed_match`; :func:`probe_set_hash` for head specs.
+"""
+
+from core_eval.probes.types import Box, LazyImages, ProbeDataError, ProbeSample, probe_set_hash
+from core_eval.probes.metrics import NUMBER_WORDS, exact_match, normalize_answer, relaxed_match
+from core_eval.probes.families import (
+    PROBE_FAMILIES, count_control, family_knobs, generate, grid_needle, multi_image_needle,
+    text_lookup,
+)
+from core_eval.probes.jsonl import read_jsonl, write_jsonl
+from core_eval.probes.hf import DEFAULT_N, custom_dataset, load_probe, probe_dataset, to_hf_dataset
+
+__all__ = [
+    "Box", "LazyImages", "ProbeDataError", "ProbeSample", "probe_set_hash",
+    "NUMBER_WORDS", "exact_match", "normalize_answer", "relaxed_match",
+    "PROBE_FAMILIES", "count_control", "family_knobs", "generate", "grid_needle",
+    "multi_image_needle", "text_lookup", "read_jsonl", "write_jsonl",
+    "DEFAULT_N", "custom_dataset", "load_probe", "probe_dataset", "to_hf_dataset",
+]

@@ -1,0 +1,91 @@
+"""Probe sets as Hugging Face datasets, and one loader for family names or JSONL paths."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from core_eval.probes.families import PROBE_FAMILIES, generate
+from core_eval.probes.jsonl import read_jsonl
+from core_eval.probes.types import ProbeSample
+
+__all__ = ["DEFAULT_N", "load_probe", "to_hf_dataset", "probe_dataset", "custom_dataset"]
+
+DEFAULT_N = 100
+
+
+def load_probe(name_or_path: str | os.PathLike, n: int | None = None, seed: int = 0, *,
+               image_root: str | os.PathLike | None = None, **knobs: Any) -> list[ProbeSample]:
+    """A registered family name (``n`` samples, default :data:`DEFAULT_N`) or a JSONL path
+    (first ``n`` rows, default all; ``seed``/knobs not used and knobs rejected)."""
+    name = os.fspath(name_or_path)
+    if name in PROBE_FAMILIES:
+        if image_root is not None:
+            raise TypeError("image_root only applies to JSONL files")
+        return generate(name, DEFAULT_N if n is None else n, seed=seed, **knobs)
+    p = Path(name)
+    if p.suffix.lower() in (".jsonl", ".json") or p.exists():
+        if knobs:
+            raise TypeError(f"knobs {sorted(knobs)} do not apply to a JSONL file ({p})")
+        samples = read_jsonl(p, image_root=image_root)
+        return samples if n is None else samples[:n]
+    raise KeyError(f"{name!r} is neither a registered probe family ({sorted(PROBE_FAMILIES)}) "
+                   f"nor a .jsonl path")
+
+
+def to_hf_dataset(samples: Sequence[ProbeSample]):
+    """``datasets.Dataset`` with columns id, question, answer, aliases, images (list of Image),
+    image (first image), boxes (JSON), family, meta (JSON), n_images.
+
+    ``boxes`` JSON is ``[{"image": i, "box": [x0, y0, x1, y1]}, ...]``; ``[]`` = whole image(s).
+    """
+    import datasets
+    from datasets import Features, Image, Value
+
+    seq = getattr(datasets, "List", None) or datasets.Sequence
+    features = Features({
+        "id": Value("string"), "question": Value("string"), "answer": Value("string"),
+        "aliases": seq(Value("string")), "images": seq(Image()), "image": Image(),
+        "boxes": Value("string"), "family": Value("string"), "meta": Value("string"),
+        "n_images": Value("int32"),
+    })
+    cols: dict[str, list] = {k: [] for k in features}
+    for s in samples:
+        ims = list(s.images)
+        cols["id"].append(s.id)
+        cols["question"].append(s.question)
+        cols["answer"].append(s.answer)
+        cols["aliases"].append(list(s.aliases))
+        cols["images"].append(ims)
+        cols["image"].append(ims[0])
+        cols["boxes"].append(json.dumps([b.to_dict() for b in s.boxes]))
+        cols["family"].append(s.family)
+        cols["meta"].append(json.dumps(s.meta, sort_keys=True))
+        cols["n_images"].append(len(ims))
+    return datasets.Dataset.from_dict(cols, features=features)
+
+
+def probe_dataset(name_or_path, n: int | None = None, seed: int = 0, **kwargs):
+    """``to_hf_dataset(load_probe(...))``."""
+    return to_hf_dataset(load_probe(name_or_path, n=n, seed=seed, **kwargs))
+
+
+def custom_dataset(probe: str | None = None, n: int | None = None, seed: int = 0,
+                   knobs: dict | None = None, image_root: str | None = None, split: str = "test",
+                   **_ignored: Any):
+    """lm-eval ``custom_dataset`` hook -> ``DatasetDict({split: dataset})``.
+
+    lm-eval passes ``metadata`` (including the model args) and ``dataset_kwargs`` as keyword
+    arguments; only ``probe``, ``n``, ``seed``, ``knobs``, ``image_root`` and ``split`` are read.
+    """
+    import datasets
+
+    if probe is None:
+        raise TypeError("custom_dataset needs dataset_kwargs.probe (family name or JSONL path)")
+    kw = dict(knobs or {})
+    if image_root is not None:
+        kw["image_root"] = image_root
+    return datasets.DatasetDict({split: probe_dataset(probe, n=n, seed=seed, **kw)})

@@ -1,0 +1,68 @@
+"""Probe samples -> model inputs, through the processor's own chat template.
+
+A sample is anything with ``images`` (list of PIL images), ``question`` and ``answer``.
+Image placeholders come from the chat template (``{"type": "image"}`` entries), so every family
+gets its own image tokens exactly as in real use.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Iterator, Sequence
+
+
+def is_text_only(processor) -> bool:
+    """A bare tokenizer (text model) rather than a multimodal processor."""
+    return not hasattr(processor, "image_processor")
+
+
+def _tokenizer(processor):
+    return getattr(processor, "tokenizer", processor)
+
+
+def messages_for(sample, *, with_images: bool = True) -> list[dict]:
+    """One user turn: the sample's images, then its question."""
+    if not with_images:
+        return [{"role": "user", "content": sample.question}]
+    content = [{"type": "image"} for _ in sample.images] + [{"type": "text", "text": sample.question}]
+    return [{"role": "user", "content": content}]
+
+
+def prompt_text(processor, sample) -> str:
+    """The chat-formatted prompt, ending with the generation prompt."""
+    text_only = is_text_only(processor)
+    messages = messages_for(sample, with_images=not text_only)
+    templ = processor if not text_only else _tokenizer(processor)
+    if getattr(templ, "chat_template", None) or getattr(_tokenizer(processor), "chat_template", None):
+        return templ.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+    return sample.question
+
+
+def encode(processor, samples: Sequence, *, with_answer: bool = False, padding_side: str = "left"):
+    """Processor outputs (``BatchFeature``) for a batch of samples, padded on ``padding_side``.
+
+    ``with_answer`` appends each gold answer after the prompt (teacher forcing). Like
+    ``ProcessorMixin.apply_chat_template``, no second BOS is added when the template wrote one.
+    """
+    texts = [prompt_text(processor, s) + (s.answer if with_answer else "") for s in samples]
+    tok = _tokenizer(processor)
+    kwargs = dict(padding=True, padding_side=padding_side, return_tensors="pt")
+    if tok.bos_token is not None and texts[0].startswith(tok.bos_token):
+        kwargs["add_special_tokens"] = False
+    if is_text_only(processor):
+        return tok(texts, **kwargs)
+    images = [list(s.images) for s in samples]
+    if any(images):
+        kwargs["images"] = images
+    return processor(text=texts, **kwargs)
+
+
+def iter_batches(processor, samples: Iterable, *, batch_size: int = 8, **kwargs) -> Iterator[dict]:
+    """Yield :func:`encode` outputs for consecutive chunks of ``samples``."""
+    chunk: list = []
+    for s in samples:
+        chunk.append(s)
+        if len(chunk) == batch_size:
+            yield dict(encode(processor, chunk, **kwargs))
+            chunk = []
+    if chunk:
+        yield dict(encode(processor, chunk, **kwargs))

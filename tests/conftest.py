@@ -1,0 +1,43 @@
+"""Shared pytest fixtures: tiny offline models (see ``core_eval.testing``).
+
+``tiny_dir("llava")`` -> Path of a cached tiny checkpoint (built on first use, into
+``$CORE_EVAL_TINY_CACHE`` or ``~/.cache/core_eval/tiny``; a per-session temp dir if that is
+not writable). Extra keyword arguments (``seed=``, overrides such as ``layers=2``) give a
+separately cached variant. Parametrize over ``VLM_FAMILIES`` / ``ALL_FAMILIES``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+try:
+    import core_eval  # noqa: F401
+except ImportError:  # plain `pytest` without an install: use the checkout
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from core_eval.testing import FAMILIES, TEXT_FAMILIES, VLM_FAMILIES, cache_root, tiny_model_dir
+
+ALL_FAMILIES: tuple[str, ...] = FAMILIES
+__all__ = ["ALL_FAMILIES", "TEXT_FAMILIES", "VLM_FAMILIES"]
+
+
+@pytest.fixture(scope="session")
+def tiny_dir(tmp_path_factory):
+    """Factory fixture: ``tiny_dir(family, **kwargs) -> Path`` (cached tiny checkpoint)."""
+    root = cache_root()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        writable = os.access(root, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:
+        os.environ["CORE_EVAL_TINY_CACHE"] = str(tmp_path_factory.mktemp("tiny_cache"))
+
+    def get(family: str, **kwargs) -> Path:
+        return tiny_model_dir(family, **kwargs)
+
+    return get
