@@ -32,6 +32,13 @@ def _tiny(args) -> int:
     return 0
 
 
+def _tasks_path(args) -> int:
+    from core_eval.resources import tasks_dir
+
+    print(tasks_dir())
+    return 0
+
+
 def _demo(args) -> int:
     from core_eval.demo import run_demo
 
@@ -49,6 +56,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_tiny)
+    sub.add_parser("tasks-path", help="print the lm-eval task folder (for --include_path)").set_defaults(
+        fn=_tasks_path)
     d = sub.add_parser("demo", help="run the end-to-end pipeline on the bundled default")
     d.add_argument("--out", default="core_eval_runs/demo")
     d.set_defaults(fn=_demo)

@@ -51,6 +51,24 @@ def load_config(pretrained: str | os.PathLike, **kwargs):
         ) from None
 
 
+def parse_head_list(text: str) -> list[tuple[int, int]]:
+    """Parse an explicit head list given as text: ``"1:0;2:3"`` (command-line friendly, no commas)
+    or a Python/JSON literal such as ``"[(1, 0), (2, 3)]"``."""
+    import ast
+
+    t = text.strip()
+    try:
+        if ":" in t:
+            return [tuple(int(x) for x in part.split(":")) for part in t.replace("+", ";").split(";") if part.strip()]
+        value = ast.literal_eval(t)
+        return [tuple(int(x) for x in pair) for pair in value]
+    except (ValueError, SyntaxError, TypeError):
+        raise LoadError(
+            f"heads={text!r} is neither a selection rule ({', '.join(HEAD_RULES)}) nor a head list; "
+            "write heads as LAYER:HEAD pairs separated by ';' (e.g. heads=1:0;2:3)"
+        ) from None
+
+
 def resolve_heads(
     shape: ModelShape,
     *,
@@ -69,13 +87,13 @@ def resolve_heads(
     """
     if heads is None:
         heads = "spec" if spec is not None else "none"
+    if isinstance(heads, str) and heads not in HEAD_RULES:
+        heads = parse_head_list(heads)
     if not isinstance(heads, str):
         if frac is not None or k is not None or threshold is not None:
             raise LoadError("an explicit head list takes no frac, k or threshold")
         chosen = check_heads(heads, shape)
         return chosen, {"rule": "explicit", "n": len(chosen)}
-    if heads not in HEAD_RULES:
-        raise LoadError(f"heads={heads!r} is not a selection rule; use one of {', '.join(HEAD_RULES)} or a list of (layer, head)")
     if heads == "none":
         return [], {"rule": "none"}
     if spec is None:

@@ -1,0 +1,1 @@
+"""Harness integrations (lm-eval, VLMEvalKit). Nothing in core mechanics imports these."""

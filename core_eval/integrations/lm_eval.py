@@ -1,0 +1,152 @@
+"""lm-eval model ``core_hf``: lm-eval's own ``hf`` / ``hf-multimodal`` plus a core_eval intervention.
+
+``lm_eval --model core_hf --model_args pretrained=DIR,head_spec=spec.json,heads=top,frac=0.05,ablation=zero``
+
+Our arguments (:data:`CORE_ARGS`) are removed before lm-eval's ``HFLM`` sees the rest (which it
+would pass on to ``from_pretrained``); an argument neither we nor lm-eval's HF models know is an
+error listing the valid ones. The intervention is validated (config, spec, heads, variant) before
+any weights load, applied right after, and recorded in the results JSON ``config["core_eval"]``.
+Image-text checkpoints get ``hf-multimodal`` (images through ``generate_until``; text-only
+requests fall back to ``hf``), text checkpoints get ``hf``.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+from lm_eval.api.model import LM
+from lm_eval.models.hf_vlms import HFMultimodalLM
+from lm_eval.models.huggingface import HFLM
+
+# name -> (type, help). Types are applied to the parsed strings.
+CORE_ARGS: dict[str, tuple[type, str]] = {
+    "head_spec": (str, "head-spec file (core-head-spec/v1, Retrieval Head JSON, DuoAttention TSV)"),
+    "heads": (str, "top | bottom | random | layer_matched_random | threshold | spec | none"),
+    "frac": (float, "fraction of all heads for the rule (default 0.05)"),
+    "k": (int, "number of heads for the rule (instead of frac)"),
+    "threshold": (float, "score threshold for heads=threshold"),
+    "seed": (int, "seed for random selections"),
+    "ablation": (str, "zero | mean | uniform | visual_knockout | registered name | pkg.module:Class"),
+    "means": (str, "head-means file for ablation=mean"),
+}
+
+# from_pretrained keywords commonly passed through lm-eval's model_args.
+_FROM_PRETRAINED = {
+    "attn_implementation", "device_map", "low_cpu_mem_usage", "local_files_only", "cache_dir", "token",
+    "use_safetensors", "load_in_8bit", "load_in_4bit", "bnb_4bit_compute_dtype", "bnb_4bit_quant_type",
+    "bnb_4bit_use_double_quant", "quantization_config", "variant", "image_token_index",
+}
+
+
+def _params(fn) -> set[str]:
+    return {n for n, p in inspect.signature(fn).parameters.items()
+            if n != "self" and p.kind not in (p.VAR_KEYWORD, p.VAR_POSITIONAL)}
+
+
+def harness_args() -> set[str]:
+    """Arguments lm-eval's HF models accept."""
+    return (_params(HFLM.__init__) | _params(HFMultimodalLM.__init__) | _params(HFLM._create_model)
+            | _FROM_PRETRAINED)
+
+
+class ModelArgsError(ValueError):
+    """Bad ``--model_args`` for ``core_hf``."""
+
+
+def split_args(kwargs: dict) -> tuple[dict, dict]:
+    """Separate and type-check our arguments; reject unknown ones. Returns (core, harness)."""
+    core = {k: kwargs[k] for k in kwargs if k in CORE_ARGS}
+    rest = {k: v for k, v in kwargs.items() if k not in CORE_ARGS}
+    unknown = sorted(set(rest) - harness_args())
+    if unknown:
+        ours = ", ".join(f"{k} ({h})" for k, (_, h) in CORE_ARGS.items())
+        raise ModelArgsError(
+            f"core_hf: unknown model_args {unknown}. core_eval arguments: {ours}. lm-eval's hf / "
+            f"hf-multimodal arguments: {', '.join(sorted(harness_args()))}."
+        )
+    for key, value in list(core.items()):
+        typ = CORE_ARGS[key][0]
+        if value is None or isinstance(value, typ) and not isinstance(value, bool):
+            continue
+        if typ is float and isinstance(value, int) and not isinstance(value, bool):
+            core[key] = float(value)
+            continue
+        try:
+            core[key] = typ(value) if typ is not str else str(value)
+        except (TypeError, ValueError):
+            raise ModelArgsError(f"core_hf: {key}={value!r} is not a valid {typ.__name__} ({CORE_ARGS[key][1]})") from None
+    if "pretrained" not in rest:
+        raise ModelArgsError("core_hf: model_args needs pretrained=PATH_OR_ID")
+    return core, rest
+
+
+def make_plan(pretrained, core: dict):
+    """Validate the intervention (no weights read)."""
+    from core_eval.loading import plan
+
+    return plan(
+        pretrained,
+        spec=core.get("head_spec"),
+        heads=core.get("heads"),
+        ablation=core.get("ablation", "zero"),
+        frac=core.get("frac"),
+        k=core.get("k"),
+        threshold=core.get("threshold"),
+        seed=core.get("seed", 0),
+        means=core.get("means"),
+    )
+
+
+class _CoreMixin:
+    """Loads through lm-eval's HF class, then applies the planned intervention."""
+
+    def __init__(self, pretrained, *, core_plan, core_args: dict, **kwargs):
+        self._core_plan = core_plan
+        self._core_args = core_args
+        super().__init__(pretrained=pretrained, **kwargs)
+        self._enable_cpu_data_parallel()
+        processor = getattr(self, "processor", None) or self.tokenizer
+        self.core_intervention = core_plan.apply(self._model, processor)
+        self.core_summary = {**self.core_intervention.summary(), "model_args": dict(core_args)}
+
+    def _enable_cpu_data_parallel(self) -> None:
+        """``accelerate launch -m lm_eval`` on CPU processes: split the data across ranks.
+
+        lm-eval 0.4.13's ``HFLM`` turns on data parallelism only when it counts more than one GPU,
+        so CPU processes would each evaluate every document. The accelerator (gloo) is already
+        set up by ``HFLM``; we only give each process its rank.
+        """
+        acc = getattr(self, "accelerator", None)
+        if acc is not None and acc.num_processes > 1 and self._world_size == 1 and acc.device.type == "cpu":
+            self._rank = acc.process_index
+            self._world_size = acc.num_processes
+
+    def get_model_info(self) -> dict:
+        info = super().get_model_info()
+        info["core_eval"] = self.core_summary
+        return info
+
+
+class CoreTextLM(_CoreMixin, HFLM):
+    """``core_hf`` for text-only checkpoints (loglikelihood and generation)."""
+
+
+class CoreMultimodalLM(_CoreMixin, HFMultimodalLM):
+    """``core_hf`` for image-text checkpoints."""
+
+
+class CoreHFLM(LM):
+    """The registered ``core_hf`` entry: validates, then builds the right HF wrapper.
+
+    ``CoreHFLM(pretrained=..., head_spec=..., heads=..., ...)`` returns a :class:`CoreTextLM` or
+    :class:`CoreMultimodalLM`, depending on the checkpoint's family.
+    """
+
+    def __new__(cls, pretrained=None, **kwargs):
+        if pretrained is not None:
+            kwargs["pretrained"] = pretrained
+        core, rest = split_args(kwargs)
+        pretrained = rest.pop("pretrained")
+        p = make_plan(pretrained, core)
+        impl = CoreTextLM if p.family.text_config is None else CoreMultimodalLM
+        return impl(pretrained, core_plan=p, core_args=core, **rest)
