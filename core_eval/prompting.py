@@ -66,3 +66,38 @@ def iter_batches(processor, samples: Iterable, *, batch_size: int = 8, **kwargs)
             chunk = []
     if chunk:
         yield dict(encode(processor, chunk, **kwargs))
+
+
+def encode_teacher_forced(processor, samples: Sequence, *, padding_side: str = "left"):
+    """Prompt + gold answer, with the answer's token positions.
+
+    Returns ``(inputs, answer_mask, prompt_len)``: ``answer_mask`` is ``(B, T)`` bool, True on the
+    answer tokens; ``prompt_len`` ``(B,)`` is the index of each row's first answer token. The
+    query row that predicts answer token ``t`` is ``t - 1``. Raises if joint tokenization changed
+    the prompt's tokens (the answer must start at a token boundary).
+    """
+    import torch
+
+    full = encode(processor, samples, with_answer=True, padding_side=padding_side)
+    prompt = encode(processor, samples, with_answer=False, padding_side=padding_side)
+    ids, mask = full["input_ids"], full["attention_mask"].bool()
+    p_ids, p_mask = prompt["input_ids"], prompt["attention_mask"].bool()
+    B, T = ids.shape
+    answer_mask = torch.zeros(B, T, dtype=torch.bool)
+    starts = torch.zeros(B, dtype=torch.long)
+    for b in range(B):
+        real = mask[b].nonzero().flatten()
+        p_real = p_ids[b][p_mask[b]]
+        n_prompt = p_real.numel()
+        if not torch.equal(ids[b, real[:n_prompt]], p_real) or real.numel() <= n_prompt:
+            raise ValueError(
+                f"sample {getattr(samples[b], 'id', b)}: the gold answer {samples[b].answer!r} does not start at a "
+                "token boundary after the prompt (or is empty), so answer rows cannot be located"
+            )
+        if padding_side == "left":
+            start = T - (real.numel() - n_prompt)
+        else:
+            start = int(real[n_prompt])
+        answer_mask[b, start : int(real[-1]) + 1] = True
+        starts[b] = start
+    return full, answer_mask, starts

@@ -489,3 +489,32 @@ def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
 def test_all_registered_rules_are_documented():
     for rule in REGION_RULES.values():
         assert rule.summary and rule.token_rects.__doc__
+
+
+def test_smolvlm_uses_the_idefics3_layout(proc):
+    """SmolVLM's image processor with the smolvlm rule (SmolVLMProcessor itself needs num2words; without
+    it, the SmolVLM image processor runs inside the Idefics3 processor, which emits the same layout)."""
+    from transformers import SmolVLMImageProcessor
+
+    base = proc("idefics3")
+    tile = base.image_processor.max_image_size["longest_edge"]
+    ip = SmolVLMImageProcessor(size={"longest_edge": 3 * tile}, max_image_size={"longest_edge": tile},
+                               do_image_splitting=True)
+    try:
+        from transformers import SmolVLMProcessor
+        from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
+
+        p = SmolVLMProcessor(image_processor=ip, tokenizer=copy.deepcopy(base.tokenizer),
+                             video_processor=SmolVLMVideoProcessor(), image_seq_len=base.image_seq_len,
+                             chat_template=base.chat_template)
+    except ImportError:
+        p = copy.deepcopy(base)
+        p.image_processor = ip
+    samples = generate("grid_needle", 2, grid=4, image_size=448) + [sample([synthetic_image(0, (150, 100))])]
+    inputs = encode(p, samples)
+    m = sample_region_masks(p, inputs, samples, family="smolvlm")
+    assert m.visual[0].sum() == 10 * base.image_seq_len  # 3x3 tiles + global
+    assert m.visual[2].sum() == 7 * base.image_seq_len  # 3x2 tiles + global
+    assert torch.equal(m.target[2], m.visual[2])
+    for b in range(2):
+        assert 0 < int(m.target[b].sum()) < int(m.visual[b].sum())

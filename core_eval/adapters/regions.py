@@ -56,6 +56,7 @@ import torch
 __all__ = [
     "REGION_RULES",
     "ImageContext",
+    "PROCESSOR_FAMILIES",
     "RegionMappingError",
     "RegionMasks",
     "RegionRule",
@@ -141,6 +142,13 @@ def _grid(x0: float, y0: float, x1: float, y1: float, rows: int, cols: int) -> t
     return torch.stack([gx0, gy0, gx1, gy1], dim=-1).reshape(-1, 4)
 
 
+def _tiles(width: float, height: float, rows: int, cols: int, n: int) -> torch.Tensor:
+    """Token cells of a ``rows x cols`` tiling of the whole image (tiles row-major), ``n x n`` tokens per tile."""
+    tw, th = width / cols, height / rows
+    return torch.cat([_grid(c * tw, r * th, (c + 1) * tw, (r + 1) * th, n, n)
+                      for r in range(rows) for c in range(cols)])
+
+
 def _no_patch(n: int) -> torch.Tensor:
     """Rows for visual tokens that have no image patch (e.g. CLS): NaN, so they never overlap."""
     return torch.full((n, 4), float("nan"), dtype=torch.float64)
@@ -166,7 +174,8 @@ def _resized_hw(height: int, width: int, size: Any) -> tuple[int, int]:
         new_short, new_long = se, int(se * long / short)
         return (new_long, new_short) if width <= height else (new_short, new_long)
     if _sz(size, "max_height") and _sz(size, "max_width"):
-        return tuple(get_image_size_for_max_height_width((height, width), _sz(size, "max_height"), _sz(size, "max_width")))
+        max_hw = _sz(size, "max_height"), _sz(size, "max_width")
+        return tuple(get_image_size_for_max_height_width((height, width), *max_hw))
     if _sz(size, "height") and _sz(size, "width"):
         return _sz(size, "height"), _sz(size, "width")
     raise RegionMappingError(f"unsupported image-processor size {size!r}")
@@ -200,7 +209,7 @@ def _llava_rects(ctx: ImageContext) -> torch.Tensor:
     if ctx.setting("do_center_crop"):
         crop = ctx.setting("crop_size")
         ch, cw = _sz(crop, "height"), _sz(crop, "width")
-        off_y, off_x = 0, 0
+        off_y, off_x = _center_crop_offset(rh, ch), _center_crop_offset(rw, cw)
     else:
         ch, cw, off_y, off_x = rh, rw, 0, 0
     pv = _output(ctx.outputs, "pixel_values")
@@ -303,11 +312,7 @@ def _idefics3_rects(ctx: ImageContext) -> torch.Tensor:
     if h2 <= tile and w2 <= tile:
         return whole
     rows, cols = math.ceil(h2 / tile), math.ceil(w2 / tile)
-    tiles = [
-        _grid(c * ctx.width / cols, r * ctx.height / rows, (c + 1) * ctx.width / cols, (r + 1) * ctx.height / rows, n, n)
-        for r in range(rows) for c in range(cols)
-    ]
-    return torch.cat(tiles + [whole])
+    return torch.cat([_tiles(ctx.width, ctx.height, rows, cols, n), whole])
 
 
 def _internvl_rects(ctx: ImageContext) -> torch.Tensor:
@@ -331,11 +336,7 @@ def _internvl_rects(ctx: ImageContext) -> torch.Tensor:
     )
     if cols * rows == 1:
         return whole
-    tiles = [
-        _grid(c * ctx.width / cols, r * ctx.height / rows, (c + 1) * ctx.width / cols, (r + 1) * ctx.height / rows, n, n)
-        for r in range(rows) for c in range(cols)
-    ]
-    return torch.cat(tiles + [whole])
+    return torch.cat([_tiles(ctx.width, ctx.height, rows, cols, n), whole])
 
 
 def _gemma3_pan_and_scan(ctx: ImageContext) -> list[tuple[int, int, int, int]]:
@@ -450,6 +451,7 @@ for _rule in (
                image_token=_gemma3_image_token),
 ):
     register_region_rule(_rule)
+del _rule
 
 
 def _family_name(family: Any) -> str:
@@ -638,8 +640,8 @@ def region_masks(processor, inputs, images: Sequence[Sequence[Any]], boxes: Sequ
             rx0, ry0 = r[:, 0].clamp(0, w), r[:, 1].clamp(0, h)
             rx1, ry1 = r[:, 2].clamp(0, w), r[:, 3].clamp(0, h)
             bx0, by0, bx1, by1 = max(x0, 0.0), max(y0, 0.0), min(x1, float(w)), min(y1, float(h))
-            ix = torch.minimum(rx1, torch.tensor(bx1, dtype=r.dtype)) - torch.maximum(rx0, torch.tensor(bx0, dtype=r.dtype))
-            iy = torch.minimum(ry1, torch.tensor(by1, dtype=r.dtype)) - torch.maximum(ry0, torch.tensor(by0, dtype=r.dtype))
+            ix = rx1.clamp(max=bx1) - rx0.clamp(min=bx0)
+            iy = ry1.clamp(max=by1) - ry0.clamp(min=by0)
             hit = (ix > OVERLAP_TOL) & (iy > OVERLAP_TOL)  # NaN rows compare False
             if min_overlap > 0:
                 area = (rx1 - rx0) * (ry1 - ry0)

@@ -41,18 +41,22 @@ class SequenceTracker:
             self.flags = torch.cat([self.flags, new], dim=1)
 
     def key_flags(self, kv_len: int) -> torch.Tensor:
-        """``(B, kv)`` bool for the keys a layer sees now.
-
-        Full caches hold positions ``0..kv-1`` (a static cache may be longer than the sequence:
-        padded with ``False``); sliding-window caches hold the last ``kv`` positions.
-        """
+        """``(B, kv)`` bool for the keys a layer sees now (see :func:`recent_keys`)."""
         if self.flags is None:
             raise RuntimeError(
                 "core_eval needs input_ids to locate visual tokens, but the model was called with "
                 "inputs_embeds only; pass input_ids (as processors and generate() do)."
             )
-        total = self.flags.shape[1]
-        if kv_len >= total:
-            pad = self.flags.new_zeros(self.flags.shape[0], kv_len - total)
-            return torch.cat([self.flags, pad], dim=1)
-        return self.flags[:, total - kv_len :]
+        return recent_keys(self.flags, kv_len)
+
+
+def recent_keys(flags: torch.Tensor, kv_len: int) -> torch.Tensor:
+    """Flags ``(B, T_total)`` over all positions so far -> ``(B, kv_len)`` for a layer's keys.
+
+    Full caches hold positions ``0..kv-1`` (a static cache may be longer than the sequence: the
+    rest is padded with ``False``); sliding-window caches hold the last ``kv`` positions.
+    """
+    total = flags.shape[1]
+    if kv_len >= total:
+        return torch.cat([flags, flags.new_zeros(flags.shape[0], kv_len - total)], dim=1)
+    return flags[:, total - kv_len :]

@@ -1,0 +1,157 @@
+"""RAM capture == a naive reference (eager attention, output_attentions=True, region columns summed).
+
+Every supported architecture, both query-row modes (teacher-forced answer rows; greedy generate
+with the KV cache), left-padded batches. The capture must not change the model's outputs.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from conftest import ALL_FAMILIES
+
+from core_eval.adapters import adapter_for
+from core_eval.probes import generate
+from core_eval.prompting import encode_teacher_forced
+from core_eval.scoring.capture import RamCapture
+from core_eval.testing import load_tiny
+
+
+def random_region(visual: torch.Tensor, seed=0) -> torch.Tensor:
+    """A random half of the visual tokens (of each row); any subset works for the comparison."""
+    g = torch.Generator().manual_seed(seed)
+    return visual & (torch.rand(visual.shape, generator=g) < 0.5)
+
+
+def answer_rows(answer_mask: torch.Tensor) -> torch.Tensor:
+    """(B, R) query rows predicting the answer tokens, -1 padded."""
+    rows = [(m.nonzero().flatten() - 1) for m in answer_mask]
+    R = max(len(r) for r in rows)
+    return torch.stack([torch.cat([r, r.new_full((R - len(r),), -1)]) for r in rows])
+
+
+def reference_mass(attentions, rows, region, visual):
+    """attentions: L x (B, H, T, T). Mean over valid rows of the summed region / visual columns."""
+    out_r, out_v = [], []
+    for A in attentions:
+        r_l, v_l = [], []
+        for b in range(A.shape[0]):
+            rr = rows[b][rows[b] >= 0]
+            P = A[b][:, rr].double()  # (H, R, T)
+            r_l.append((P * region[b][: P.shape[-1]]).sum(-1).mean(-1))
+            v_l.append((P * visual[b][: P.shape[-1]]).sum(-1).mean(-1))
+        out_r.append(torch.stack(r_l))
+        out_v.append(torch.stack(v_l))
+    return torch.stack(out_r, 1).float(), torch.stack(out_v, 1).float()  # (B, L, H)
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_dir):
+    cache = {}
+
+    def get(family):
+        if family not in cache:
+            d = tiny_dir(family)
+            model, proc = load_tiny(d)
+            eager, _ = load_tiny(d, attn_implementation="eager")
+            samples = generate("grid_needle", 2, seed=3, grid=3, image_size=96)
+            samples[1].answer = samples[1].answer + " " + samples[1].answer  # different lengths
+            inputs, amask, _ = encode_teacher_forced(proc, samples)
+            cache[family] = (model, eager, proc, dict(inputs), amask)
+        return cache[family]
+
+    return get
+
+
+def visual_of(model, ids):
+    v = adapter_for(model).visual_mask(ids)
+    if not v.any():  # text model: pretend some prompt tokens are the "image"
+        v = torch.zeros_like(ids, dtype=torch.bool)
+        v[:, 20:60] = True
+    return v
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_teacher_forced_rows_match_eager_reference(setup, family):
+    model, eager, proc, inputs, amask = setup(family)
+    ids = inputs["input_ids"]
+    visual = visual_of(model, ids)
+    region = random_region(visual)
+    rows = answer_rows(amask)
+    with torch.no_grad():
+        plain = model(**inputs).logits
+        cap = RamCapture(model)
+        if not adapter_for(model).visual_mask(ids).any():
+            cap.tracker._visual_mask_fn = lambda x: visual  # text model: the same stand-in region
+        with cap:
+            cap.reset(region, rows)
+            captured = model(**inputs).logits
+        got = cap.result()
+        ref = eager(**inputs, output_attentions=True)
+    assert torch.equal(captured, plain)  # the capture never changes the outputs
+    want_r, want_v = reference_mass(ref.attentions, rows, region, visual)
+    torch.testing.assert_close(got["ram"], want_r, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["visual_mass"], want_v, atol=1e-5, rtol=0)
+    assert got["rows"].tolist() == amask.sum(1).tolist()
+    assert adapter_for(model).text_config._attn_implementation == "sdpa"  # restored
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_last_row_mode_matches_reference(setup, family):
+    model, eager, proc, inputs, amask = setup(family)
+    ids = inputs["input_ids"]
+    visual = visual_of(model, ids)
+    region = random_region(visual, seed=1)
+    starts = amask.float().argmax(1)
+    rows = (starts - 1)[:, None]  # the last prompt token
+    cap = RamCapture(model)
+    cap.tracker._visual_mask_fn = lambda x: visual_of(model, x) if x.shape[1] == ids.shape[1] else torch.zeros_like(x, dtype=torch.bool)
+    with torch.no_grad(), cap:
+        cap.reset(region, rows)
+        model(**inputs)
+    ref = eager(**inputs, output_attentions=True)
+    want_r, want_v = reference_mass(ref.attentions, rows, region, visual)
+    torch.testing.assert_close(cap.result()["ram"], want_r, atol=1e-5, rtol=0)
+    torch.testing.assert_close(cap.result()["visual_mass"], want_v, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_greedy_generate_rows_match_reference(setup, family):
+    model, eager, proc, inputs, amask = setup(family)
+    keep = ~amask  # prompt only (left padding stays left)
+    T0 = int(keep.sum(1).max())
+    prompt = {k: (v[:, :T0] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == amask.shape[1] else v)
+              for k, v in inputs.items()}
+    ids = prompt["input_ids"]
+    visual = visual_of(model, ids)
+    region = random_region(visual, seed=2)
+    last = torch.full((ids.shape[0], 1), T0 - 1)
+    cap = RamCapture(model)
+    if not adapter_for(model).visual_mask(ids).any():
+        cap.tracker._visual_mask_fn = lambda x: visual if x.shape[1] == T0 else torch.zeros_like(x, dtype=torch.bool)
+    m = 5
+    with torch.no_grad(), cap:
+        cap.reset(region, last, capture_decode=True)
+        seq = model.generate(**prompt, max_new_tokens=m, min_new_tokens=m, do_sample=False)
+    assert seq.shape[1] == T0 + m and len(cap.steps_ram) == m - 1
+    got = cap.result()
+    full = dict(prompt)
+    full["input_ids"] = seq[:, :-1]
+    for key, val in prompt.items():
+        if key != "input_ids" and isinstance(val, torch.Tensor) and val.dim() == 2 and val.shape[1] == T0:
+            fill = 1 if key == "attention_mask" else 0
+            full[key] = torch.cat([val, torch.full((val.shape[0], m - 1), fill, dtype=val.dtype)], 1)
+    with torch.no_grad():
+        ref = eager(**full, output_attentions=True)
+    rows = torch.arange(T0 - 1, T0 + m - 1).expand(ids.shape[0], m)
+    pad = torch.zeros(ids.shape[0], m - 1, dtype=torch.bool)
+    region_f, visual_f = torch.cat([region, pad], 1), torch.cat([visual, pad], 1)
+    want_r, want_v = reference_mass(ref.attentions, rows, region_f, visual_f)
+    torch.testing.assert_close(got["ram"], want_r, atol=1e-5, rtol=0)
+    torch.testing.assert_close(got["visual_mass"], want_v, atol=1e-5, rtol=0)
+    # a sample that stopped early counts only its valid steps
+    valid = torch.ones(ids.shape[0], m - 1, dtype=torch.bool)
+    valid[0, 2:] = False
+    part = cap.result(valid)
+    want0, _ = reference_mass([a[:1] for a in ref.attentions], rows[:1, :3], region_f[:1], visual_f[:1])
+    torch.testing.assert_close(part["ram"][:1], want0, atol=1e-5, rtol=0)
