@@ -39,6 +39,31 @@ def _tasks_path(args) -> int:
     return 0
 
 
+def _score(args) -> int:
+    from core_eval.scoring.ram import ScoreConfig, score
+
+    cfg = ScoreConfig(probes=args.probes, n=args.n, seed=args.seed, knobs=json.loads(args.knobs),
+                      query_rows=args.query_rows, batch_size=args.batch_size, only_correct=args.only_correct,
+                      max_new_tokens=args.max_new_tokens, frac=args.frac)
+    spec = score(args.model, args.out, cfg, image_root=args.image_root, dtype=args.dtype, device=args.device)
+    if spec is not None:
+        sc = spec.scorer
+        print(f"wrote {args.out}: {sc['n_used']}/{sc['n_samples']} samples used, accuracy {sc['accuracy']:.3f}, "
+              f"top-{args.frac:.0%} heads {spec.by_layer}")
+    return 0
+
+
+def _select(args) -> int:
+    from core_eval.spec import load_head_spec
+
+    spec = load_head_spec(args.spec)
+    new = spec.with_selection(args.rule, frac=args.frac, k=args.k, seed=args.seed, threshold=args.threshold,
+                              score=args.score)
+    path = new.write(args.out or args.spec)
+    print(f"wrote {path}: {args.rule} -> {len(new.heads)} heads {new.by_layer}")
+    return 0
+
+
 def _demo(args) -> int:
     from core_eval.demo import run_demo
 
@@ -58,6 +83,32 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_tiny)
     sub.add_parser("tasks-path", help="print the lm-eval task folder (for --include_path)").set_defaults(
         fn=_tasks_path)
+    sc = sub.add_parser("score", help="score every LM head by RAM on probes -> head spec (resumable)")
+    sc.add_argument("--model", required=True, help="checkpoint directory or cached model id")
+    sc.add_argument("--probes", default="grid_needle", help="probe family name or a JSONL file of your own")
+    sc.add_argument("--out", required=True, help="head-spec JSON to write")
+    sc.add_argument("--n", type=int, default=64)
+    sc.add_argument("--seed", type=int, default=0)
+    sc.add_argument("--knobs", default="{}", help='probe generator knobs as JSON, e.g. \'{"grid": 6}\'')
+    sc.add_argument("--query-rows", default="answer", choices=["answer", "last", "generate"])
+    sc.add_argument("--only-correct", action="store_true", help="only samples the model answers correctly")
+    sc.add_argument("--batch-size", type=int, default=8)
+    sc.add_argument("--max-new-tokens", type=int, default=16, help="for --query-rows generate")
+    sc.add_argument("--frac", type=float, default=0.05, help="default top selection written to the spec")
+    sc.add_argument("--image-root", default=None, help="base folder for relative image paths in a JSONL")
+    sc.add_argument("--dtype", default=None)
+    sc.add_argument("--device", default=None)
+    sc.set_defaults(fn=_score)
+    se = sub.add_parser("select", help="derive top / bottom / random / layer-matched sets from a scored spec")
+    se.add_argument("spec")
+    se.add_argument("--rule", default="top", choices=["top", "bottom", "random", "layer_matched_random", "threshold"])
+    se.add_argument("--frac", type=float, default=None)
+    se.add_argument("--k", type=int, default=None)
+    se.add_argument("--seed", type=int, default=0)
+    se.add_argument("--threshold", type=float, default=None)
+    se.add_argument("--score", default=None, help="score array to rank (default: the spec's, usually ram)")
+    se.add_argument("--out", default=None, help="output spec (default: overwrite the input)")
+    se.set_defaults(fn=_select)
     d = sub.add_parser("demo", help="run the end-to-end pipeline on the bundled default")
     d.add_argument("--out", default="core_eval_runs/demo")
     d.set_defaults(fn=_demo)

@@ -75,7 +75,7 @@ def apply_intervention(
         raise VariantError("pass options either to the Variant instance or as keyword arguments, not both")
     variant.check(adapter.shape, heads)
     intervention = Intervention(variant, heads, adapter, provenance=dict(provenance or {}))
-    if heads:
+    if heads or variant.kind == "sparse":  # sparse: the heads are the *full* ones; none = all sparse
         patcher = Patcher(model, adapter)
         try:
             variant.apply(patcher, head_index(heads))

@@ -160,7 +160,8 @@ def plan(
     *,
     spec: str | os.PathLike | Any = None,
     heads=None,
-    ablation: str | Variant = "zero",
+    ablation: str | Variant | None = None,
+    sparse: str | None = None,
     frac: float | None = None,
     k: int | None = None,
     seed: int = 0,
@@ -194,7 +195,7 @@ def plan(
             raise LoadError(f"head spec {spec_path or ''} does not fit pretrained={pretrained}: {e}") from None
 
     chosen, selection = resolve_heads(shape, spec=spec, heads=heads, frac=frac, k=k, seed=seed, threshold=threshold)
-    variant = ablation if isinstance(ablation, Variant) else make_variant(ablation, **dict(variant_options or {}))
+    variant = _make_variant(ablation, sparse, variant_options)
     variant.check(shape, chosen)
     p = Plan(str(pretrained), shape, family, chosen, selection, variant, spec, spec_path,
              means_probes, means_n, revision)
@@ -210,12 +211,30 @@ def plan(
     return p
 
 
+def _make_variant(ablation, sparse, options) -> Variant:
+    """The variant: an ablation (default ``zero``) or a hybrid sparse pattern, not both."""
+    if isinstance(ablation, Variant):
+        return ablation
+    if ablation is not None and sparse is not None:
+        raise LoadError(
+            f"ablation={ablation} and sparse={sparse} were both given; an intervention is either an ablation "
+            "of the named heads or hybrid sparse attention that keeps them full. Run them separately."
+        )
+    variant = make_variant(sparse or ablation or "zero", **dict(options or {}))
+    if sparse is not None and variant.kind != "sparse":
+        raise LoadError(f"sparse={sparse} is an {variant.kind} variant; sparse patterns: streaming, text_only")
+    if ablation is not None and variant.kind == "sparse":
+        raise LoadError(f"ablation={ablation} is a sparse pattern; pass it as sparse={ablation}")
+    return variant
+
+
 def load(
     pretrained: str | os.PathLike,
     *,
     spec: str | os.PathLike | Any = None,
     heads=None,
-    ablation: str | Variant = "zero",
+    ablation: str | Variant | None = None,
+    sparse: str | None = None,
     frac: float | None = None,
     k: int | None = None,
     seed: int = 0,
@@ -237,8 +256,11 @@ def load(
         pretrained: local directory or cached model id.
         spec: head-spec path (core-head-spec/v1, Retrieval Head JSON or DuoAttention TSV) or object.
         heads: selection rule name, ``"spec"``, ``"none"`` or explicit ``[(layer, head), ...]``.
-        ablation: variant name (``zero``, ``mean``, ``uniform``, ``visual_knockout``, a registered
-            name) or ``"pkg.module:ClassName"``, or a :class:`Variant` instance.
+        ablation: variant name (``zero`` (default), ``mean``, ``uniform``, ``visual_knockout``, a
+            registered name) or ``"pkg.module:ClassName"``, or a :class:`Variant` instance.
+        sparse: hybrid sparse attention instead of an ablation (``streaming`` or ``text_only``):
+            the selected heads are the *full* (CoRe) heads, all others get the sparse pattern;
+            ``variant_options`` may set ``sink``, ``window``, ``kv_policy``.
         frac / k / seed / threshold: selection size and seed for rule names (default frac 0.05).
         variant_options: options for the variant.
         means: head-means file for ``mean`` (default: ``<spec>.means.safetensors``, computed on
@@ -247,7 +269,7 @@ def load(
 
     Returns a :class:`Loaded` whose ``summary`` records what was applied.
     """
-    p = plan(pretrained, spec=spec, heads=heads, ablation=ablation, frac=frac, k=k, seed=seed,
+    p = plan(pretrained, spec=spec, heads=heads, ablation=ablation, sparse=sparse, frac=frac, k=k, seed=seed,
              threshold=threshold, variant_options=variant_options, means=means,
              means_probes=means_probes, means_n=means_n, revision=revision)
     model, processor = _from_pretrained(

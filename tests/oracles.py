@@ -46,3 +46,26 @@ def oracle_attention(module, query, key, value, attention_mask, scaling=None, dr
 
 AttentionInterface.register(ORACLE_NAME, oracle_attention)
 AttentionMaskInterface.register(ORACLE_NAME, sdpa_mask)
+
+
+# ---------------------------------------------------------------- hybrid sparse attention oracle
+
+HYBRID_NAME = "core_eval_test_hybrid_oracle"
+HYBRID_STATE: dict = {}  # "full": {layer: (H,) bool}, "pattern": Pattern, "visual": (B, T) bool
+
+
+def hybrid_oracle(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
+    """Dense attention with an explicit per-head boolean mask (core_eval.attention.hybrid.reference_hybrid)."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    from core_eval.attention.hybrid import reference_hybrid
+
+    full = HYBRID_STATE["full"].get(module.layer_idx)
+    if full is None:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, **kwargs)
+    visual = HYBRID_STATE["visual"][:, : key.shape[2]]
+    return reference_hybrid(query, key, value, attention_mask, scaling, full, HYBRID_STATE["pattern"], visual), None
+
+
+AttentionInterface.register(HYBRID_NAME, hybrid_oracle)
+AttentionMaskInterface.register(HYBRID_NAME, sdpa_mask)

@@ -24,6 +24,7 @@ class Family:
         vision: dotted path to the vision tower (never touched unless asked; ``None``: text-only).
         attention: attribute of a decoder layer holding the self-attention module.
         o_proj: attribute of the attention module holding the output projection.
+        qkv: attributes of the attention module holding the q, k and v projections.
         image_token_fields: config fields (top-level config) holding image token ids.
         video_token_fields: config fields holding video token ids.
         notes: one line shown in ``core-eval families``.
@@ -36,6 +37,7 @@ class Family:
     vision: str | None = "model.vision_tower"
     attention: str = "self_attn"
     o_proj: str = "o_proj"
+    qkv: tuple[str, str, str] = ("q_proj", "k_proj", "v_proj")
     image_token_fields: tuple[str, ...] = ("image_token_id",)
     video_token_fields: tuple[str, ...] = ()
     notes: str = ""
@@ -154,6 +156,11 @@ class ModelAdapter:
 
     def o_proj(self, layer: int) -> nn.Linear:
         return getattr(self.attention(layer), self.family.o_proj)
+
+    def is_sliding(self, layer: int) -> bool:
+        """Whether ``layer`` is a sliding-window attention layer (its cache keeps only the window)."""
+        types = getattr(self.text_config, "layer_types", None)
+        return bool(types) and types[layer] == "sliding_attention"
 
     @property
     def vision_tower(self) -> nn.Module | None:

@@ -16,6 +16,7 @@ from core_eval.attention.function import (
     attach_patch,
     detach_patches,
     ensure_registered,
+    set_compute,
 )
 from core_eval.attention.reference import allowed_keys, masked_sdpa
 from core_eval.attention.tracker import SequenceTracker
@@ -29,4 +30,5 @@ __all__ = [
     "detach_patches",
     "ensure_registered",
     "masked_sdpa",
+    "set_compute",
 ]

@@ -2,7 +2,8 @@
 
 The function computes exactly what transformers' ``sdpa`` backend computes (same call, same
 arguments), then hands the output to each :class:`AttentionPatch` attached to the module, in
-order. A module without patches is bit-identical to ``sdpa``.
+order. A module without patches is bit-identical to ``sdpa``. A layer may instead have its whole
+attention computation replaced (:func:`set_compute`, used by hybrid sparse attention).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 ATTENTION_NAME = "core_eval"
 _PATCHES_ATTR = "_core_eval_patches"
+_COMPUTE_ATTR = "_core_eval_compute"
 
 
 class AttentionPatch(Protocol):
@@ -31,9 +33,13 @@ class AttentionPatch(Protocol):
 
 
 def core_eval_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    out, weights = sdpa_attention_forward(
-        module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
-    )
+    compute = getattr(module, _COMPUTE_ATTR, None)
+    if compute is not None:  # a layer whose attention is computed differently (hybrid sparse)
+        out, weights = compute(module, query, key, value, attention_mask, scaling=scaling, **kwargs), None
+    else:
+        out, weights = sdpa_attention_forward(
+            module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs
+        )
     for patch in getattr(module, _PATCHES_ATTR, ()):
         out = patch(module, query, key, value, attention_mask, out, scaling)
     return out, weights
@@ -51,6 +57,16 @@ def ensure_registered() -> str:
         AttentionMaskInterface.register(ATTENTION_NAME, sdpa_mask)
         _registered = True
     return ATTENTION_NAME
+
+
+def set_compute(module: torch.nn.Module, compute) -> None:
+    """Replace the layer's SDPA call by ``compute(module, query, key, value, attention_mask,
+    scaling=..., **kwargs) -> (B, q, H, D)`` (``None`` restores SDPA). Patches still run after it."""
+    if compute is None:
+        if hasattr(module, _COMPUTE_ATTR):
+            delattr(module, _COMPUTE_ATTR)
+    else:
+        setattr(module, _COMPUTE_ATTR, compute)
 
 
 def attach_patch(module: torch.nn.Module, patch: AttentionPatch) -> None:

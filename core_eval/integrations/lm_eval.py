@@ -28,6 +28,10 @@ CORE_ARGS: dict[str, tuple[type, str]] = {
     "seed": (int, "seed for random selections"),
     "ablation": (str, "zero | mean | uniform | visual_knockout | registered name | pkg.module:Class"),
     "means": (str, "head-means file for ablation=mean"),
+    "sparse": (str, "hybrid sparse attention: streaming | text_only (the selected heads stay full)"),
+    "sink": (int, "sink tokens of sparse heads (default 4)"),
+    "window": (int, "recent window of sparse heads (default 256)"),
+    "kv_policy": (str, "query heads -> full KV heads for sparse: any | all"),
 }
 
 # from_pretrained keywords commonly passed through lm-eval's model_args.
@@ -88,7 +92,9 @@ def make_plan(pretrained, core: dict):
         pretrained,
         spec=core.get("head_spec"),
         heads=core.get("heads"),
-        ablation=core.get("ablation", "zero"),
+        ablation=core.get("ablation"),
+        sparse=core.get("sparse"),
+        variant_options={k: core[k] for k in ("sink", "window", "kv_policy") if k in core} or None,
         frac=core.get("frac"),
         k=core.get("k"),
         threshold=core.get("threshold"),

@@ -32,7 +32,7 @@ from core_eval.masks.registry import (
 )
 
 # Built-in variants register themselves on import.
-from core_eval.masks import mean, uniform, visual_knockout, zero  # noqa: E402,F401
+from core_eval.masks import mean, streaming, text_only, uniform, visual_knockout, zero  # noqa: E402,F401
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -9,7 +9,12 @@ head set) against the model shape before any weights load, and installs itself t
 * ``attention(layer, patch)``: attach an :class:`~core_eval.attention.AttentionPatch`, which
   switches the language model (never the vision tower) to the ``core_eval`` attention backend.
 
-Both act in prefill and in every decode step. ``Patcher.remove()`` undoes everything.
+* ``compute(layer, fn)``: replace the layer's whole attention computation (hybrid sparse);
+* ``permute_heads(layer, full_kv)``: an exact load-time reordering of the layer's q/k/v/o
+  projections that puts the given KV heads (and their query heads) first;
+* ``wrap_generate(fn)``: wrap ``model.generate`` (e.g. to pass a custom cache).
+
+All act in prefill and in every decode step. ``Patcher.remove()`` undoes everything.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from core_eval.attention import (
     attach_patch,
     detach_patches,
     ensure_registered,
+    set_compute,
 )
 from core_eval.attention.reference import gather_heads
 
@@ -103,6 +109,9 @@ class Patcher:
         self._patched: list[tuple[torch.nn.Module, object]] = []
         self._tracker: SequenceTracker | None = None
         self._previous_backend: str | None = None
+        self._computed: list[torch.nn.Module] = []
+        self._permuted: list[tuple[int, torch.Tensor]] = []
+        self._wrapped_generate = False
 
     @property
     def backend(self) -> str:
@@ -128,6 +137,30 @@ class Patcher:
         attach_patch(module, patch)
         self._patched.append((module, patch))
 
+    def compute(self, layer: int, fn) -> None:
+        """Replace ``layer``'s attention computation by ``fn`` (see ``set_compute``)."""
+        if self._previous_backend is None and self.backend != ensure_registered():
+            self._previous_backend = self.backend
+            self.adapter.set_lm_attention(ensure_registered())
+        module = self.adapter.attention(layer)
+        set_compute(module, fn)
+        self._computed.append(module)
+
+    def permute_heads(self, layer: int, full_kv: list[int]) -> None:
+        """Put KV heads ``full_kv`` (and their query heads) first in ``layer``; undone by remove()."""
+        from core_eval.attention.hybrid import permute_layer
+
+        s, names = self.adapter.shape, (*self.adapter.family.qkv, self.adapter.family.o_proj)
+        perm = permute_layer(self.adapter.attention(layer), full_kv, s.num_kv_heads, s.groups, s.head_dim, names)
+        self._permuted.append((layer, perm))
+
+    def wrap_generate(self, wrapper) -> None:
+        """``model.generate = wrapper(original_generate)`` until remove()."""
+        if "generate" in self.model.__dict__:
+            raise VariantError("generate() is already wrapped by another intervention")
+        self.model.generate = wrapper(self.model.generate)
+        self._wrapped_generate = True
+
     @property
     def tracker(self) -> SequenceTracker:
         """Visual-token positions of the current batch (installed on first use)."""
@@ -142,6 +175,19 @@ class Patcher:
         for module, patch in self._patched:
             detach_patches(module, [patch])
         self._patched.clear()
+        for module in self._computed:
+            set_compute(module, None)
+        self._computed.clear()
+        if self._permuted:
+            from core_eval.attention.hybrid import unpermute_layer
+
+            s, names = self.adapter.shape, (*self.adapter.family.qkv, self.adapter.family.o_proj)
+            for layer, perm in reversed(self._permuted):
+                unpermute_layer(self.adapter.attention(layer), perm, s.groups, s.head_dim, names)
+            self._permuted.clear()
+        if self._wrapped_generate:
+            del self.model.__dict__["generate"]
+            self._wrapped_generate = False
         if self._tracker is not None:
             self._tracker.remove()
             self._tracker = None

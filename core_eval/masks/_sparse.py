@@ -1,0 +1,92 @@
+"""Shared base of the hybrid sparse-attention variants (``streaming``, ``text_only``).
+
+For these variants the head set names the **full** (CoRe) heads; every other head of a
+full-attention layer becomes sparse. Query heads become KV heads through ``kv_policy``
+(``any``: a KV head is full if any of its query heads is; ``all``; ``mean`` needs scores and is
+resolved by :func:`core_eval.load` from the spec). Sliding-window layers (Gemma 3) keep their own
+local pattern: their cache already holds only the window.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from core_eval.attention.hybrid import HybridAttention, HybridCache, Pattern
+from core_eval.masks.base import Variant, VariantError
+
+
+class SparseVariant(Variant):
+    kind = "sparse"
+    pattern_kind = ""
+    options = {
+        "sink": (int, 4, "sink tokens every sparse head keeps (each row's first real tokens)"),
+        "window": (int, 256, "recent-window length of sparse heads"),
+        "kv_policy": (str, "any", "query heads -> KV heads: any | all"),
+        "block": (int, 0, "prefill query block size for sparse heads (0: auto)"),
+    }
+
+    def __init__(self, **options):
+        super().__init__(**options)
+        try:
+            self.pattern = Pattern(self.pattern_kind, self.config["sink"], self.config["window"])
+        except ValueError as e:
+            raise VariantError(str(e)) from None
+        if self.config["kv_policy"] not in ("any", "all"):
+            raise VariantError(f"kv_policy={self.config['kv_policy']!r}: use any or all (mean is resolved from a spec by core_eval.load)")
+        self.full_kv: dict[int, list[int]] = {}
+
+    def full_kv_heads(self, shape, heads: dict[int, torch.Tensor]) -> dict[int, list[int]]:
+        """layer -> sorted full KV heads, from the full query heads ``heads``."""
+        g, out = shape.groups, {}
+        for layer in range(shape.num_layers):
+            q = set(heads.get(layer, torch.zeros(0, dtype=torch.long)).tolist())
+            kvs = []
+            for kv in range(shape.num_kv_heads):
+                members = {kv * g + i for i in range(g)}
+                hit = members & q
+                if (self.config["kv_policy"] == "any" and hit) or (self.config["kv_policy"] == "all" and hit == members):
+                    kvs.append(kv)
+            out[layer] = kvs
+        return out
+
+    def apply(self, patcher, heads):
+        ad = patcher.adapter
+        s = ad.shape
+        if self.pattern.keeps_text and not ad.visual_token_ids:
+            raise VariantError("text_only keeps non-visual tokens; this text-only model has no visual tokens, use streaming")
+        full = self.full_kv_heads(s, heads)
+        hybrid = {}
+        for layer, kvs in full.items():
+            if len(kvs) == s.num_kv_heads or ad.is_sliding(layer):
+                continue  # dense layer: nothing to do
+            patcher.permute_heads(layer, kvs)
+            attn = HybridAttention(layer, len(kvs), s.groups, self.pattern, patcher.tracker, self.config["block"])
+            patcher.compute(layer, attn)
+            hybrid[layer] = attn
+        self.full_kv = full
+        self.hybrid_layers = sorted(hybrid)
+        if not hybrid:
+            return
+        config = patcher.model.config
+
+        def wrapper(generate):
+            def hybrid_generate(*args, **kwargs):
+                if kwargs.get("past_key_values") is None:
+                    cache = HybridCache(config, {l: (a.n_full_kv, a.pattern) for l, a in hybrid.items()})
+                    for l, a in hybrid.items():
+                        a.cache_layer = cache.layers[l]
+                    kwargs["past_key_values"] = cache
+                return generate(*args, **kwargs)
+
+            return hybrid_generate
+
+        patcher.wrap_generate(wrapper)
+
+    def describe(self):
+        d = super().describe()
+        if self.full_kv:
+            n_kv = sum(len(v) for v in self.full_kv.values())
+            d["full_kv_heads"] = {f"layer_{l}": v for l, v in self.full_kv.items() if v}
+            d["n_full_kv_heads"] = n_kv
+            d["hybrid_layers"] = getattr(self, "hybrid_layers", [])
+        return d
