@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+from core_eval.probes.types import ProbeArgumentError
 from PIL import Image
 
 from core_eval.probes import (
@@ -79,9 +81,9 @@ def test_deterministic_across_processes():
 
 
 def test_knob_validation():
-    with pytest.raises(TypeError, match="unknown knob"):
+    with pytest.raises(ProbeArgumentError, match="unknown knob"):
         generate("grid_needle", 1, gird=4)
-    with pytest.raises(KeyError, match="registered"):
+    with pytest.raises(ProbeArgumentError, match="registered"):
         generate("nope", 1)
     with pytest.raises(ValueError, match="grid"):
         generate("grid_needle", 1, grid=1)
@@ -402,9 +404,9 @@ def test_load_probe_and_custom_dataset(tmp_path):
     assert len(load_probe("grid_needle")) == 100
     p = write_jsonl(generate("grid_needle", 3, seed=0), tmp_path / "g.jsonl")
     assert len(load_probe(str(p))) == 3 and len(load_probe(p, n=2)) == 2
-    with pytest.raises(TypeError):
+    with pytest.raises(ProbeArgumentError):
         load_probe(p, grid=3)
-    with pytest.raises(KeyError, match="neither"):
+    with pytest.raises(ProbeArgumentError, match="neither"):
         load_probe("not_a_family")
     dd = custom_dataset(probe="text_lookup", n=2, seed=1, knobs={"n_rows": 4},
                         pretrained="ignored/model", dtype="bfloat16")

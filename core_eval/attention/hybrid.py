@@ -23,6 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from transformers.cache_utils import DynamicCache, DynamicLayer
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
@@ -83,33 +84,38 @@ def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block
     """Sparse heads over a whole prompt, block by block on gathered keys.
 
     q ``(B, Hq, T, D)``, k/v ``(B, Hkv, T, D)`` at positions ``0..T-1``; flags ``(B, T)``.
-    Returns ``(B, Hq, T, D)``.
+    Each query block attends to the far keys (sinks, text) before its window, gathered, plus the
+    contiguous window slice. Returns ``(B, Hq, T, D)``.
     """
     B, Hq, T, D = q.shape
-    g = Hq // k.shape[1]
+    Hkv = k.shape[1]
     W = pattern.window
-    block = block or max(64, min(W, 512))
+    block = block or min(1024, max(256, 4 * W))  # large blocks keep the masked SDPA calls efficient
     far = pattern.far(real, visual, sink)
-    n_far = far.sum(1)
-    # sorted far positions per row, padded with T (never < lo)
-    far_pos = torch.where(far, torch.arange(T, device=q.device)[None], torch.full_like(far, T, dtype=torch.long))
-    far_pos = far_pos.sort(1).values[:, : int(n_far.max().item()) if T else 0]
+    ar = torch.arange(T, device=q.device)
+    far_pos = torch.where(far, ar[None], torch.full_like(ar, T)[None]).sort(1).values  # (B, T), T = none
     out = q.new_empty(B, Hq, T, D)
     for s in range(0, T, block):
         e = min(T, s + block)
         lo = max(0, s - W + 1)
-        n = int((far_pos < lo).sum(1).max().item()) if far_pos.numel() else 0
+        n = int((far_pos < lo).sum(1).max().item()) if lo > 0 else 0
         fp = far_pos[:, :n]
-        near = torch.arange(lo, e, device=q.device).expand(B, e - lo)
-        idx = torch.cat([fp.clamp(max=T - 1), near], 1)  # (B, K)
-        k_pos = torch.cat([torch.where(fp < lo, fp, torch.full_like(fp, -1)), near], 1)
-        gi = idx[:, None, :, None].expand(B, k.shape[1], idx.shape[1], D)
-        kb, vb = k.gather(2, gi), v.gather(2, gi)
-        if g > 1:
-            kb, vb = kb.repeat_interleave(g, 1), vb.repeat_interleave(g, 1)
-        q_pos = torch.arange(s, e, device=q.device)[None]
-        ok = pattern.allowed(q_pos, k_pos, far.gather(1, idx), real.gather(1, idx))
-        out[:, :, s:e] = masked_sdpa(q[:, :, s:e], kb, vb, ok, scaling)
+        fp_valid = fp < lo
+        idx = fp.clamp(max=T - 1)
+        gi = idx[:, None, :, None].expand(B, Hkv, n, D)
+        kb = torch.cat([k.gather(2, gi), k[:, :, lo:e]], 2)
+        vb = torch.cat([v.gather(2, gi), v[:, :, lo:e]], 2)
+        q_pos = torch.arange(s, e, device=q.device)
+        near_pos = torch.arange(lo, e, device=q.device)
+        causal = near_pos[None, :] <= q_pos[:, None]  # (q, Kn)
+        in_window = (q_pos[:, None] - near_pos[None, :] < W)[None] | far[:, None, lo:e]  # (B, q, Kn)
+        near_ok = causal[None] & in_window & real[:, None, lo:e]
+        far_ok = (fp_valid & far.gather(1, idx))[:, None, :].expand(B, e - s, n)  # always before the window
+        ok = torch.cat([far_ok, near_ok], 2)[:, None]  # (B, 1, q, K)
+        has_key = ok.any(-1, keepdim=True)
+        o = F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=ok | ~has_key, scale=scaling,
+                                           enable_gqa=Hq != Hkv)
+        out[:, :, s:e] = torch.where(has_key, o, torch.zeros((), dtype=o.dtype, device=o.device))
     return out
 
 
@@ -178,21 +184,32 @@ def _apply(attn, perm_kv, groups, head_dim, names):
 class HybridLayer(DynamicLayer):
     """Cache layer: all positions for the ``n_full`` full KV heads (the normal dense store, which
     is what :meth:`update` returns), and for the sparse KV heads only the positions a future query
-    may still see (``sp_*``, per row, compacted every ``window`` steps)."""
+    may still see, in a preallocated per-row store (``sp_*``; slots ``[0, n)`` used, compacted
+    when full)."""
 
     def __init__(self, n_full: int, pattern: Pattern, **kwargs):
         super().__init__(**kwargs)
         self.n_full, self.pattern = n_full, pattern
         self.total = 0
-        self.sp_k = self.sp_v = self.sp_pos = self.sp_far = None
-        self.new = None
-        self._since_compact = 0
+        self.n = 0
+        self.sp_k = self.sp_v = self.sp_pos = self.sp_far = self.n_real = None
+        self.prefill_chunk = None
 
     def update(self, key_states, value_states, *args, **kwargs):
         f = self.n_full
         keys, values = super().update(key_states[:, :f], value_states[:, :f])
-        self.new = (key_states[:, f:], value_states[:, f:], self.total)
-        self.total += key_states.shape[2]
+        k, v = key_states[:, f:], value_states[:, f:]
+        q = k.shape[2]
+        if self.sp_k is None or q > 1:  # prefill (or a chunk): folded in by commit_chunk
+            self.prefill_chunk = (k, v, self.total)
+        else:  # decode: write the new key in place
+            if self.n == self.sp_k.shape[2]:
+                self._compact(extra=self.pattern.window)
+            self.sp_k[:, :, self.n] = k[:, :, 0]
+            self.sp_v[:, :, self.n] = v[:, :, 0]
+            self.sp_pos[:, self.n] = self.total
+            self.n += 1
+        self.total += q
         return keys, values
 
     def get_seq_length(self) -> int:
@@ -201,41 +218,60 @@ class HybridLayer(DynamicLayer):
     def get_mask_sizes(self, query_length: int) -> tuple[int, int]:
         return self.total + query_length, 0
 
-    def commit(self, real: torch.Tensor, far: torch.Tensor) -> None:
-        """Fold the last update's sparse keys into the store. ``real``/``far``: ``(B, q)`` flags of
-        the new positions."""
-        k, v, start = self.new
+    def set_new_flags(self, real: torch.Tensor, visual: torch.Tensor) -> None:
+        """Flags ``(B,)`` of the token just written by a decode :meth:`update`."""
+        sink = real & (self.n_real < self.pattern.n_sink)
+        far = sink | (~visual if self.pattern.keeps_text else torch.zeros_like(sink))
+        self.sp_far[:, self.n - 1] = far & real
+        self.sp_pos[:, self.n - 1] = torch.where(real, self.sp_pos[:, self.n - 1], -1)
+        self.n_real += real.long()
+
+    def commit_chunk(self, real: torch.Tensor, far: torch.Tensor) -> None:
+        """Fold the last chunk's sparse keys into the store (``real``/``far``: ``(B, q)`` flags of
+        the chunk's positions)."""
+        k, v, start = self.prefill_chunk
+        self.prefill_chunk = None
         B, q = k.shape[0], k.shape[2]
         pos = torch.arange(start, start + q, device=k.device)[None].expand(B, q)
         pos = torch.where(real, pos, torch.full_like(pos, -1))
         if self.sp_k is None:
             self.sp_k, self.sp_v, self.sp_pos, self.sp_far = k, v, pos, far & real
+            self.n = q
+            self.n_real = real.long().sum(1)
         else:
-            self.sp_k = torch.cat([self.sp_k, k], 2)
-            self.sp_v = torch.cat([self.sp_v, v], 2)
-            self.sp_pos = torch.cat([self.sp_pos, pos], 1)
-            self.sp_far = torch.cat([self.sp_far, far & real], 1)
-        self._since_compact += q
-        self.new = None
-        if q > 1 or self._since_compact >= self.pattern.window:
-            self._compact()
+            used = slice(0, self.n)
+            self.sp_k = torch.cat([self.sp_k[:, :, used], k], 2)
+            self.sp_v = torch.cat([self.sp_v[:, :, used], v], 2)
+            self.sp_pos = torch.cat([self.sp_pos[:, used], pos], 1)
+            self.sp_far = torch.cat([self.sp_far[:, used], far & real], 1)
+            self.n += q
+            self.n_real += real.long().sum(1)
+        self._compact(extra=self.pattern.window)
 
-    def _compact(self) -> None:
-        """Drop positions no future query (position >= total) can see."""
-        keep = (self.sp_pos >= 0) & (self.sp_far | (self.sp_pos > self.total - self.pattern.window))
+    def _compact(self, extra: int) -> None:
+        """Keep what a query at position >= total can see, in order, with ``extra`` free slots."""
+        pos, far = self.sp_pos[:, : self.n], self.sp_far[:, : self.n]
+        keep = (pos >= 0) & (far | (pos > self.total - self.pattern.window))
         n = int(keep.sum(1).max().item())
-        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :n]  # kept first, in order
-        gi = order[:, None, :, None].expand(-1, self.sp_k.shape[1], n, self.sp_k.shape[3])
-        self.sp_k, self.sp_v = self.sp_k.gather(2, gi), self.sp_v.gather(2, gi)
+        order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :n]
+        B, Hs, _, D = self.sp_k.shape
+        gi = order[:, None, :, None].expand(B, Hs, n, D)
+        k_new = self.sp_k.new_empty(B, Hs, n + extra, D)
+        v_new = self.sp_v.new_empty(B, Hs, n + extra, D)
+        k_new[:, :, :n] = self.sp_k[:, :, : self.n].gather(2, gi)
+        v_new[:, :, :n] = self.sp_v[:, :, : self.n].gather(2, gi)
         kept = keep.gather(1, order)
-        self.sp_pos = torch.where(kept, self.sp_pos.gather(1, order), torch.full_like(order, -1))
-        self.sp_far = self.sp_far.gather(1, order) & kept
-        self._since_compact = 0
+        pos_new = torch.full((B, n + extra), -1, dtype=torch.long, device=pos.device)
+        far_new = torch.zeros(B, n + extra, dtype=torch.bool, device=pos.device)
+        pos_new[:, :n] = torch.where(kept, pos.gather(1, order), -1)
+        far_new[:, :n] = far.gather(1, order) & kept
+        self.sp_k, self.sp_v, self.sp_pos, self.sp_far, self.n = k_new, v_new, pos_new, far_new, n
 
     def sparse_bytes(self) -> int:
+        """Bytes of the sparse heads' keys and values actually held (used slots)."""
         if self.sp_k is None:
             return 0
-        return self.sp_k.numel() * self.sp_k.element_size() * 2
+        return 2 * self.sp_k[:, :, : self.n].numel() * self.sp_k.element_size()
 
     def reorder_cache(self, beam_idx):
         raise NotImplementedError("hybrid sparse attention does not support beam search (per-row sparse stores)")
@@ -291,33 +327,39 @@ class HybridAttention:
     def _sparse(self, q, key, value, attention_mask, scaling, cache_layer, kv):
         B, Hs, ql, D = q.shape
         p = self.pattern
+        if cache_layer is not None and cache_layer.prefill_chunk is None:  # decode step, hybrid cache
+            real = _last_real(attention_mask, B, q.device)
+            visual = self.tracker.key_flags(kv)[:, -1].to(q.device)
+            cache_layer.set_new_flags(real, visual)
+            n = cache_layer.n
+            pos, far = cache_layer.sp_pos[:, :n], cache_layer.sp_far[:, :n]
+            ok = (pos >= 0) & (far | (kv - 1 - pos < p.window))
+            return F.scaled_dot_product_attention(q, cache_layer.sp_k[:, :, :n], cache_layer.sp_v[:, :, :n],
+                                                  attn_mask=ok[:, None, None, :], scale=scaling,
+                                                  enable_gqa=self.groups > 1)
         visual = self.tracker.key_flags(kv)
         real, vis, sink = row_flags(attention_mask, B, kv, q.device, visual, p.n_sink)
-        if cache_layer is None:  # all keys present (no hybrid cache): prefill or plain decode
-            k, v = key[:, self.n_full_kv :], value[:, self.n_full_kv :]
-            if ql == kv:
-                return sparse_prefill(q, k, v, real, vis, sink, p, scaling, self.block)
-            q_pos = torch.arange(kv - ql, kv, device=q.device)[None]
-            k_pos = torch.arange(kv, device=q.device)[None].expand(B, kv)
-            ok = p.allowed(q_pos, k_pos, p.far(real, vis, sink), real)
-            g = self.groups
-            return masked_sdpa(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), ok, scaling)
-        k_new, v_new, start = cache_layer.new
-        new_real, new_far = real[:, start:], p.far(real, vis, sink)[:, start:]
-        if start == 0 and ql == kv:  # prefill into an empty hybrid cache
+        if cache_layer is not None:  # prefill into an empty hybrid cache
+            k_new, v_new, start = cache_layer.prefill_chunk
+            if start != 0 or ql != kv:
+                raise NotImplementedError("hybrid sparse attention: chunked prefill into a filled cache")
             out = sparse_prefill(q, k_new, v_new, real, vis, sink, p, scaling, self.block)
-        else:
-            if cache_layer.sp_k is None:
-                ks, vs, kp, kf = k_new, v_new, None, None
-            else:
-                ks, vs = torch.cat([cache_layer.sp_k, k_new], 2), torch.cat([cache_layer.sp_v, v_new], 2)
-            pos_new = torch.arange(start, start + ql, device=q.device)[None].expand(B, ql)
-            pos_new = torch.where(new_real, pos_new, torch.full_like(pos_new, -1))
-            kp = pos_new if cache_layer.sp_pos is None else torch.cat([cache_layer.sp_pos, pos_new], 1)
-            kf = new_far if cache_layer.sp_far is None else torch.cat([cache_layer.sp_far, new_far], 1)
-            q_pos = torch.arange(start, start + ql, device=q.device)[None]
-            ok = p.allowed(q_pos, kp, kf, kp >= 0)
-            g = self.groups
-            out = masked_sdpa(q, ks.repeat_interleave(g, 1), vs.repeat_interleave(g, 1), ok, scaling)
-        cache_layer.commit(new_real, new_far)
-        return out
+            cache_layer.commit_chunk(real, p.far(real, vis, sink))
+            return out
+        # no hybrid cache: every key is here (a plain forward, or decode with a dense cache)
+        k, v = key[:, self.n_full_kv :], value[:, self.n_full_kv :]
+        if ql == kv:
+            return sparse_prefill(q, k, v, real, vis, sink, p, scaling, self.block)
+        q_pos = torch.arange(kv - ql, kv, device=q.device)[None]
+        k_pos = torch.arange(kv, device=q.device)[None].expand(B, kv)
+        ok = p.allowed(q_pos, k_pos, p.far(real, vis, sink), real)
+        g = self.groups
+        return masked_sdpa(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), ok, scaling)
+
+
+def _last_real(attention_mask, batch, device) -> torch.Tensor:
+    """``(B,)``: is the newest token a real (non-padding) one."""
+    if attention_mask is None:
+        return torch.ones(batch, dtype=torch.bool, device=device)
+    m = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
+    return m[:, 0, -1, -1].expand(batch)

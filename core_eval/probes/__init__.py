@@ -9,7 +9,7 @@
 - :func:`exact_match`, :func:`relaxed_match`; :func:`probe_set_hash` for head specs.
 """
 
-from core_eval.probes.types import Box, LazyImages, ProbeDataError, ProbeSample, probe_set_hash
+from core_eval.probes.types import Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample, probe_set_hash
 from core_eval.probes.metrics import NUMBER_WORDS, exact_match, normalize_answer, relaxed_match
 from core_eval.probes.families import (
     PROBE_FAMILIES, count_control, family_knobs, generate, grid_needle, multi_image_needle,
@@ -19,7 +19,7 @@ from core_eval.probes.jsonl import read_jsonl, write_jsonl
 from core_eval.probes.hf import DEFAULT_N, custom_dataset, load_probe, probe_dataset, to_hf_dataset
 
 __all__ = [
-    "Box", "LazyImages", "ProbeDataError", "ProbeSample", "probe_set_hash",
+    "Box", "LazyImages", "ProbeArgumentError", "ProbeDataError", "ProbeSample", "probe_set_hash",
     "NUMBER_WORDS", "exact_match", "normalize_answer", "relaxed_match",
     "PROBE_FAMILIES", "count_control", "family_knobs", "generate", "grid_needle",
     "multi_image_needle", "text_lookup", "read_jsonl", "write_jsonl",

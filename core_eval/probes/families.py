@@ -23,7 +23,7 @@ from core_eval.probes.draw import (
     BACKGROUND, GRID_LINE, PALETTE, SHAPE_PLURALS, SHAPES, TEXT_COLOUR, bitmap_font, draw_shape,
 )
 from core_eval.probes.metrics import NUMBER_WORDS
-from core_eval.probes.types import Box, ProbeSample
+from core_eval.probes.types import Box, ProbeArgumentError, ProbeSample
 
 __all__ = ["PROBE_FAMILIES", "generate", "family_knobs", "grid_needle", "multi_image_needle",
            "text_lookup", "count_control", "KEY_WORDS"]
@@ -63,9 +63,9 @@ def _family(name: str, check: Callable[[dict], None]):
         def generator(n: int, seed: int = 0, **knobs: Any) -> list[ProbeSample]:
             unknown = sorted(set(knobs) - set(defaults))
             if unknown:
-                raise TypeError(f"{name}: unknown knob(s) {unknown}; valid knobs: {sorted(defaults)}")
+                raise ProbeArgumentError(f"{name}: unknown knob(s) {unknown}; valid knobs: {sorted(defaults)}")
             if isinstance(seed, bool) or not isinstance(seed, int):
-                raise TypeError(f"{name}: seed must be an int, got {seed!r}")
+                raise ProbeArgumentError(f"{name}: seed must be an int, got {seed!r}")
             if isinstance(n, bool) or not isinstance(n, int) or n < 0:
                 raise ValueError(f"{name}: n must be an int >= 0, got {n!r}")
             k = {**defaults, **knobs}
@@ -100,7 +100,7 @@ def _lookup(family: str):
     try:
         return PROBE_FAMILIES[family]
     except KeyError:
-        raise KeyError(f"unknown probe family {family!r}; registered: {sorted(PROBE_FAMILIES)}") from None
+        raise ProbeArgumentError(f"unknown probe family {family!r}; registered: {sorted(PROBE_FAMILIES)}") from None
 
 
 def generate(family: str, n: int, seed: int = 0, **knobs: Any) -> list[ProbeSample]:

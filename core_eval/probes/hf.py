@@ -10,7 +10,7 @@ from typing import Any
 
 from core_eval.probes.families import PROBE_FAMILIES, generate
 from core_eval.probes.jsonl import read_jsonl
-from core_eval.probes.types import ProbeSample
+from core_eval.probes.types import ProbeArgumentError, ProbeSample
 
 __all__ = ["DEFAULT_N", "load_probe", "to_hf_dataset", "probe_dataset", "custom_dataset"]
 
@@ -24,15 +24,15 @@ def load_probe(name_or_path: str | os.PathLike, n: int | None = None, seed: int 
     name = os.fspath(name_or_path)
     if name in PROBE_FAMILIES:
         if image_root is not None:
-            raise TypeError("image_root only applies to JSONL files")
+            raise ProbeArgumentError("image_root only applies to JSONL files")
         return generate(name, DEFAULT_N if n is None else n, seed=seed, **knobs)
     p = Path(name)
     if p.suffix.lower() in (".jsonl", ".json") or p.exists():
         if knobs:
-            raise TypeError(f"knobs {sorted(knobs)} do not apply to a JSONL file ({p})")
+            raise ProbeArgumentError(f"knobs {sorted(knobs)} do not apply to a JSONL file ({p})")
         samples = read_jsonl(p, image_root=image_root)
         return samples if n is None else samples[:n]
-    raise KeyError(f"{name!r} is neither a registered probe family ({sorted(PROBE_FAMILIES)}) "
+    raise ProbeArgumentError(f"{name!r} is neither a registered probe family ({sorted(PROBE_FAMILIES)}) "
                    f"nor a .jsonl path")
 
 
@@ -84,7 +84,7 @@ def custom_dataset(probe: str | None = None, n: int | None = None, seed: int = 0
     import datasets
 
     if probe is None:
-        raise TypeError("custom_dataset needs dataset_kwargs.probe (family name or JSONL path)")
+        raise ProbeArgumentError("custom_dataset needs dataset_kwargs.probe (family name or JSONL path)")
     kw = dict(knobs or {})
     if image_root is not None:
         kw["image_root"] = image_root

@@ -24,6 +24,10 @@ from PIL import Image
 __all__ = ["Box", "ProbeSample", "ProbeDataError", "LazyImages", "probe_set_hash"]
 
 
+class ProbeArgumentError(ValueError):
+    """A bad probe name, knob or option (raised before any work starts)."""
+
+
 class ProbeDataError(ValueError):
     """Invalid probe data. ``errors`` holds ``(line, reason)`` pairs (1-based line numbers)."""
 

@@ -47,12 +47,16 @@ class ScoreConfig:
         if not 0 < self.frac <= 1:
             raise ValueError(f"frac={self.frac} must be in (0, 1]")
 
-    def key(self, model_id: str) -> str:
-        """Hash of the settings that determine per-batch results (for safe resume)."""
+    def key(self, model_id: str, probe_hash: str, dtype: str | None) -> str:
+        """Hash of everything that determines per-batch results (for safe resume): the settings,
+        the model, the exact probe contents and the dtype."""
         d = asdict(self)
         d.pop("frac")
         d.pop("only_correct")  # filtering happens at assembly
-        return hashlib.sha256(json.dumps([model_id, d], sort_keys=True).encode()).hexdigest()[:16]
+        if self.query_rows != "generate":
+            d.pop("max_new_tokens")
+        blob = json.dumps([model_id, probe_hash, str(dtype), d], sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
 # ---------------------------------------------------------------------------- one batch
@@ -132,27 +136,32 @@ def _atomic_save(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def run_scoring(model, processor, samples: Sequence, cfg: ScoreConfig, *, work_dir: Path, model_id: str,
-                progress: bool = True) -> dict[str, np.ndarray] | None:
-    """Score every sample, resuming from ``work_dir``. Returns stacked per-sample arrays on the
-    main process (``None`` on the others)."""
+def check_resume(work_dir: Path, key: str) -> None:
+    """Refuse to mix a partial run made with other settings (cheap; called before loading)."""
+    meta_path = work_dir / "meta.json"
+    if meta_path.exists():
+        old = json.loads(meta_path.read_text())
+        if old.get("key") != key:
+            raise ValueError(
+                f"{work_dir} holds a partial run with different settings, model, probes or dtype "
+                f"({old.get('config')}); delete it or score with the same settings to resume"
+            )
+
+
+def run_scoring(model, processor, samples: Sequence, cfg: ScoreConfig, *, work_dir: Path, key: str,
+                model_id: str = "", progress: bool = True) -> dict[str, np.ndarray] | None:
+    """Score every sample, resuming from ``work_dir`` (whose batches must carry ``key``). Returns
+    stacked per-sample arrays on the main process (``None`` on the others)."""
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
     state = PartialState()
     work_dir.mkdir(parents=True, exist_ok=True)
     meta_path = work_dir / "meta.json"
-    key = cfg.key(model_id)
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if old.get("key") != key:
-            raise ValueError(
-                f"{work_dir} holds a partial run with different settings ({old.get('config')}); "
-                "delete it or score with the same settings to resume"
-            )
-    elif state.is_main_process:
+    check_resume(work_dir, key)
+    if not meta_path.exists() and state.is_main_process:
         tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "config": asdict(cfg), "model": model_id}))
+        tmp.write_text(json.dumps({"key": key, "config": asdict(cfg), "model": model_id}, default=str))
         os.replace(tmp, meta_path)
     state.wait_for_everyone()
     batches = [list(range(i, min(i + cfg.batch_size, len(samples)))) for i in range(0, len(samples), cfg.batch_size)]
@@ -242,13 +251,17 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     samples = load_probe(cfg.probes, n=cfg.n, seed=cfg.seed, image_root=image_root, **cfg.knobs)
     if len(samples) > cfg.n:
         samples = samples[: cfg.n]
-    loaded = load(pretrained, heads="none", dtype=dtype, device=device)
+    probe_hash = probe_set_hash(samples)
+    model_id = str(Path(pretrained).resolve()) if Path(pretrained).exists() else str(pretrained)
+    key = cfg.key(model_id, probe_hash, dtype)
     work = out.with_name(out.name + ".partial")
-    per_sample = run_scoring(loaded.model, loaded.processor, samples, cfg, work_dir=work,
-                             model_id=str(pretrained), progress=progress)
+    check_resume(work, key)  # before the (long) model load
+    loaded = load(pretrained, heads="none", dtype=dtype, device=device)
+    per_sample = run_scoring(loaded.model, loaded.processor, samples, cfg, work_dir=work, key=key,
+                             model_id=model_id, progress=progress)
     if per_sample is None:
         return None
-    spec = score_to_spec(pretrained, loaded.model, cfg, per_sample, probe_set_hash(samples),
+    spec = score_to_spec(pretrained, loaded.model, cfg, per_sample, probe_hash,
                          str(loaded.model.dtype).replace("torch.", ""))
     spec.write(out)
     shutil.rmtree(work, ignore_errors=True)
