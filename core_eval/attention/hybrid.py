@@ -81,41 +81,45 @@ def row_flags(attention_mask, batch: int, kv: int, device, visual: torch.Tensor,
 
 
 def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block: int = 0):
-    """Sparse heads over a whole prompt, block by block on gathered keys.
+    """Sparse heads over a whole prompt: block by block, each block on the keys it may see.
 
     q ``(B, Hq, T, D)``, k/v ``(B, Hkv, T, D)`` at positions ``0..T-1``; flags ``(B, T)``.
-    Each query block attends to the far keys (sinks, text) before its window, gathered, plus the
-    contiguous window slice. Returns ``(B, Hq, T, D)``.
+    Query ``i`` sees two disjoint key sets: its window ``(i - W, i]`` and the far keys (sinks, and
+    text tokens for ``text_only``) at positions ``<= i - W``. A block of ``Bq`` queries (default
+    ``W``) gets one SDPA call on the far keys (gathered once per row) plus the contiguous slice
+    ``[s - W + 1, e)``: ``O(T * (n_far + Bq + W))`` instead of ``O(T^2)``. Returns ``(B, Hq, T, D)``.
     """
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     W = pattern.window
-    block = block or min(1024, max(256, 4 * W))  # large blocks keep the masked SDPA calls efficient
+    Bq = block or W
+    dev = q.device
     far = pattern.far(real, visual, sink)
-    ar = torch.arange(T, device=q.device)
-    far_pos = torch.where(far, ar[None], torch.full_like(ar, T)[None]).sort(1).values  # (B, T), T = none
+    n_far = int(far.sum(1).max().item()) if T else 0
+    ar = torch.arange(T, device=dev)
+    far_pos = torch.where(far, ar[None], torch.full_like(ar, T)[None]).sort(1).values[:, :n_far]  # (B, F), T = none
+    gi = far_pos.clamp(max=T - 1)[:, None, :, None].expand(B, Hkv, n_far, D)
+    kf, vf = k.gather(2, gi), v.gather(2, gi)
+    neg = torch.finfo(q.dtype).min
+    padded_rows = not bool(real.all())
     out = q.new_empty(B, Hq, T, D)
-    for s in range(0, T, block):
-        e = min(T, s + block)
+    for s in range(0, T, Bq):
+        e = min(T, s + Bq)
         lo = max(0, s - W + 1)
-        n = int((far_pos < lo).sum(1).max().item()) if lo > 0 else 0
-        fp = far_pos[:, :n]
-        fp_valid = fp < lo
-        idx = fp.clamp(max=T - 1)
-        gi = idx[:, None, :, None].expand(B, Hkv, n, D)
-        kb = torch.cat([k.gather(2, gi), k[:, :, lo:e]], 2)
-        vb = torch.cat([v.gather(2, gi), v[:, :, lo:e]], 2)
-        q_pos = torch.arange(s, e, device=q.device)
-        near_pos = torch.arange(lo, e, device=q.device)
-        causal = near_pos[None, :] <= q_pos[:, None]  # (q, Kn)
-        in_window = (q_pos[:, None] - near_pos[None, :] < W)[None] | far[:, None, lo:e]  # (B, q, Kn)
-        near_ok = causal[None] & in_window & real[:, None, lo:e]
-        far_ok = (fp_valid & far.gather(1, idx))[:, None, :].expand(B, e - s, n)  # always before the window
-        ok = torch.cat([far_ok, near_ok], 2)[:, None]  # (B, 1, q, K)
-        has_key = ok.any(-1, keepdim=True)
-        o = F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=ok | ~has_key, scale=scaling,
+        qp = ar[s:e, None]
+        near = ar[None, lo:e]
+        ok_near = ((near <= qp) & (qp - near < W))[None] & real[:, None, lo:e]  # (B, q, Kn)
+        ok_far = far_pos[:, None, :] <= qp[None] - W  # (B, q, F); padding slots (T) never pass
+        ok = torch.cat([ok_far, ok_near], 2)[:, None]  # (B, 1, q, F + Kn)
+        kb = torch.cat([kf, k[:, :, lo:e]], 2)
+        vb = torch.cat([vf, v[:, :, lo:e]], 2)
+        if padded_rows:  # padding query rows see no key: give them one and zero them afterwards
+            has_key = ok.any(-1, keepdim=True)
+            ok = ok | ~has_key
+        mask = torch.zeros(ok.shape, dtype=q.dtype, device=dev).masked_fill_(~ok, neg)
+        o = F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=mask, scale=scaling,
                                            enable_gqa=Hq != Hkv)
-        out[:, :, s:e] = torch.where(has_key, o, torch.zeros((), dtype=o.dtype, device=o.device))
+        out[:, :, s:e] = torch.where(has_key, o, torch.zeros((), dtype=o.dtype, device=dev)) if padded_rows else o
     return out
 
 
