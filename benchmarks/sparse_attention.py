@@ -116,6 +116,7 @@ def main():
         L, H = 12, 12
         g = torch.Generator().manual_seed(0)
         scores = torch.rand(L, H, generator=g).numpy()
+        run(model, inputs_for(256), 2)  # warm-up (thread pools, allocator)
         for n in args.sizes:
             inputs = inputs_for(n)
             dp, dpa, dd, dda, dkv = run(model, inputs, args.decode_steps)

@@ -109,9 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--score", default=None, help="score array to rank (default: the spec's, usually ram)")
     se.add_argument("--out", default=None, help="output spec (default: overwrite the input)")
     se.set_defaults(fn=_select)
+    from core_eval.report.cli import add_report_parser
     from core_eval.scoring.causal import add_causal_parser
 
     add_causal_parser(sub)
+    add_report_parser(sub)
     d = sub.add_parser("demo", help="run the end-to-end pipeline on the bundled default")
     d.add_argument("--out", default="core_eval_runs/demo")
     d.set_defaults(fn=_demo)
