@@ -18,21 +18,7 @@ from lm_eval.api.model import LM
 from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.models.huggingface import HFLM
 
-# name -> (type, help). Types are applied to the parsed strings.
-CORE_ARGS: dict[str, tuple[type, str]] = {
-    "head_spec": (str, "head-spec file (core-head-spec/v1, Retrieval Head JSON, DuoAttention TSV)"),
-    "heads": (str, "top | bottom | random | layer_matched_random | threshold | spec | none"),
-    "frac": (float, "fraction of all heads for the rule (default 0.05)"),
-    "k": (int, "number of heads for the rule (instead of frac)"),
-    "threshold": (float, "score threshold for heads=threshold"),
-    "seed": (int, "seed for random selections"),
-    "ablation": (str, "zero | mean | uniform | visual_knockout | registered name | pkg.module:Class"),
-    "means": (str, "head-means file for ablation=mean"),
-    "sparse": (str, "hybrid sparse attention: streaming | text_only (the selected heads stay full)"),
-    "sink": (int, "sink tokens of sparse heads (default 4)"),
-    "window": (int, "recent window of sparse heads (default 256)"),
-    "kv_policy": (str, "query heads -> full KV heads for sparse: any | all"),
-}
+from core_eval.options import CORE_ARGS, ModelArgsError, make_plan, parse_core_args
 
 # from_pretrained keywords commonly passed through lm-eval's model_args.
 _FROM_PRETRAINED = {
@@ -53,10 +39,6 @@ def harness_args() -> set[str]:
             | _FROM_PRETRAINED)
 
 
-class ModelArgsError(ValueError):
-    """Bad ``--model_args`` for ``core_hf``."""
-
-
 def split_args(kwargs: dict) -> tuple[dict, dict]:
     """Separate and type-check our arguments; reject unknown ones. Returns (core, harness)."""
     core = {k: kwargs[k] for k in kwargs if k in CORE_ARGS}
@@ -68,39 +50,10 @@ def split_args(kwargs: dict) -> tuple[dict, dict]:
             f"core_hf: unknown model_args {unknown}. core_eval arguments: {ours}. lm-eval's hf / "
             f"hf-multimodal arguments: {', '.join(sorted(harness_args()))}."
         )
-    for key, value in list(core.items()):
-        typ = CORE_ARGS[key][0]
-        if value is None or isinstance(value, typ) and not isinstance(value, bool):
-            continue
-        if typ is float and isinstance(value, int) and not isinstance(value, bool):
-            core[key] = float(value)
-            continue
-        try:
-            core[key] = typ(value) if typ is not str else str(value)
-        except (TypeError, ValueError):
-            raise ModelArgsError(f"core_hf: {key}={value!r} is not a valid {typ.__name__} ({CORE_ARGS[key][1]})") from None
+    core = parse_core_args(core)
     if "pretrained" not in rest:
         raise ModelArgsError("core_hf: model_args needs pretrained=PATH_OR_ID")
     return core, rest
-
-
-def make_plan(pretrained, core: dict):
-    """Validate the intervention (no weights read)."""
-    from core_eval.loading import plan
-
-    return plan(
-        pretrained,
-        spec=core.get("head_spec"),
-        heads=core.get("heads"),
-        ablation=core.get("ablation"),
-        sparse=core.get("sparse"),
-        variant_options={k: core[k] for k in ("sink", "window", "kv_policy") if k in core} or None,
-        frac=core.get("frac"),
-        k=core.get("k"),
-        threshold=core.get("threshold"),
-        seed=core.get("seed", 0),
-        means=core.get("means"),
-    )
 
 
 class _CoreMixin:
