@@ -12,6 +12,9 @@ heads with policy ``any``) it prints:
 * the attention share of the dense model and the Amdahl bound it implies
   (``1 / ((1 - share) + share / attention_speedup)``), and whole-model / bound.
 
+Times are process CPU times (robust when other processes share the cores; with one thread they
+equal wall time on an idle machine).
+
     python benchmarks/sparse_attention.py [--sizes 2048 8192 16384] [--fracs 0.05 0.10]
         [--shapes mha gqa] [--pattern streaming] [--window 256] [--sink 4] [--decode-steps 8]
 """
@@ -38,9 +41,9 @@ _ATTN_TIME = [0.0]
 
 
 def timed_attention(*args, **kwargs):
-    t = time.perf_counter()
+    t = time.process_time()
     out = core_eval_attention(*args, **kwargs)
-    _ATTN_TIME[0] += time.perf_counter() - t
+    _ATTN_TIME[0] += time.process_time() - t
     return out
 
 
@@ -70,9 +73,9 @@ def run(model, inputs, decode_steps, hybrid=None):
             a.cache_layer = cache.layers[l]
     with torch.no_grad():
         _ATTN_TIME[0] = 0.0
-        t = time.perf_counter()
+        t = time.process_time()
         out = model(**inputs, past_key_values=cache, use_cache=True)
-        prefill, prefill_attn = time.perf_counter() - t, _ATTN_TIME[0]
+        prefill, prefill_attn = time.process_time() - t, _ATTN_TIME[0]
         kv = cache.kv_bytes() if hybrid else sum((l.keys.numel() + l.values.numel()) * l.keys.element_size()
                                                   for l in cache.layers)
         tok = out.logits[:, -1:].argmax(-1)
@@ -81,9 +84,9 @@ def run(model, inputs, decode_steps, hybrid=None):
         for _ in range(decode_steps):
             mask = torch.cat([mask, torch.ones_like(tok)], 1)
             _ATTN_TIME[0] = 0.0
-            t = time.perf_counter()
+            t = time.process_time()
             out = model(input_ids=tok, attention_mask=mask, past_key_values=cache, use_cache=True)
-            steps.append(time.perf_counter() - t)
+            steps.append(time.process_time() - t)
             attn.append(_ATTN_TIME[0])
             tok = out.logits[:, -1:].argmax(-1)
     return prefill, prefill_attn, statistics.median(steps), statistics.median(attn), kv
@@ -98,7 +101,9 @@ def main():
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--sink", type=int, default=4)
     ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
     args = ap.parse_args()
+    torch.set_num_threads(args.threads)
 
     AttentionInterface.register("bench_timed", timed_attention)
     AttentionMaskInterface.register("bench_timed", sdpa_mask)

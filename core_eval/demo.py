@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from core_eval._io import atomic_write
+
 
 def run_demo(out_dir: str | Path = "core_eval_runs/demo") -> dict:
     from core_eval import load
@@ -36,8 +38,6 @@ def run_demo(out_dir: str | Path = "core_eval_runs/demo") -> dict:
         print(f"{mode:16s} heads={loaded.summary['heads_per_layer']}  KL(baseline || ablated) = {kl:.4g}")
     result = {"model": str(model_dir), "n_samples": len(samples), "runs": rows}
     path = out / "ablation_demo.json"
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(result, indent=2))
-    tmp.replace(path)
+    atomic_write(path, json.dumps(result, indent=2))
     print(f"wrote {path}")
     return result

@@ -7,7 +7,6 @@ per-head attention output that enters ``o_proj``.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Iterable
 
@@ -66,17 +65,11 @@ def means_path_for(spec_path: str | os.PathLike) -> Path:
 
 def save_head_means(path: str | os.PathLike, means: torch.Tensor, metadata: dict[str, str] | None = None) -> Path:
     """Write atomically (temp file + rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    os.close(fd)
-    try:
-        save_file({"head_means": means.contiguous().float()}, tmp, metadata=metadata or {})
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    from core_eval._io import atomic_path
+
+    with atomic_path(path) as tmp:
+        save_file({"head_means": means.contiguous().float()}, str(tmp), metadata=metadata or {})
+    return Path(path)
 
 
 def load_head_means(path: str | os.PathLike) -> torch.Tensor:

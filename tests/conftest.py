@@ -41,3 +41,21 @@ def tiny_dir(tmp_path_factory):
         return tiny_model_dir(family, **kwargs)
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_loaded(tiny_dir):
+    """Factory fixture: ``tiny_loaded(family) -> (model, processor, inputs)``, loaded once per
+    session; ``inputs`` is a left-padded batch of 2 prompts with images. Tests that intervene must
+    restore the model (``Intervention.remove()`` in a ``finally``)."""
+    from core_eval.testing import example_inputs, load_tiny
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            model, proc = load_tiny(tiny_dir(family))
+            cache[family] = (model, proc, example_inputs(tiny_dir(family), batch=2, processor=proc))
+        return cache[family]
+
+    return get

@@ -16,7 +16,6 @@ import oracles
 from core_eval import load
 from core_eval.adapters import adapter_for
 from core_eval.intervene import apply_intervention
-from core_eval.testing import example_inputs, load_tiny
 
 MODES = ("zero", "mean", "uniform", "visual_knockout")
 
@@ -49,17 +48,9 @@ def masked(x, inputs):
     return x[inputs["attention_mask"].bool()]
 
 
-@pytest.fixture(scope="module")
-def models(tiny_dir):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            model, proc = load_tiny(tiny_dir(family))
-            cache[family] = (model, proc, example_inputs(tiny_dir(family), batch=2, processor=proc))
-        return cache[family]
-
-    return get
+@pytest.fixture
+def models(tiny_loaded):
+    return tiny_loaded
 
 
 # ---------------------------------------------------------------- empty sets are bit-identical

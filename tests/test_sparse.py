@@ -14,24 +14,15 @@ from core_eval import load
 from core_eval.adapters import adapter_for
 from core_eval.attention.hybrid import HybridCache, HybridLayer, Pattern
 from core_eval.intervene import apply_intervention
-from core_eval.testing import example_inputs, load_tiny
 
 FULL = [(0, 0), (1, 2), (1, 3), (2, 1)]
 SINK, WINDOW = 2, 8
 CASES = [(f, k) for f in ALL_FAMILIES for k in ("streaming", "text_only") if f in VLM_FAMILIES or k == "streaming"]
 
 
-@pytest.fixture(scope="module")
-def models(tiny_dir):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            model, proc = load_tiny(tiny_dir(family))
-            cache[family] = (model, proc, example_inputs(tiny_dir(family), batch=2, processor=proc))
-        return cache[family]
-
-    return get
+@pytest.fixture
+def models(tiny_loaded):
+    return tiny_loaded
 
 
 def extend(inputs, seq):

@@ -22,6 +22,7 @@ from typing import Iterable
 
 import pandas as pd
 
+from core_eval._io import atomic_write  # noqa: F401  (re-exported)
 from core_eval.report.errors import ReportError
 
 SCHEMA = "core-eval-report/v1"
@@ -182,26 +183,6 @@ def render_html(report) -> str:
 
 
 # ----------------------------------------------------------------------------------- atomic output
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write a file via a temporary sibling + rename (readers never see a partial file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode("utf-8") if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return path
 
 
 def _exchange(a: Path, b: Path) -> bool:

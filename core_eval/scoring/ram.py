@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
+from core_eval._io import atomic_path, atomic_write
 from core_eval.scoring.capture import RamCapture
 
 QUERY_ROWS = ("answer", "last", "generate")
@@ -131,9 +131,8 @@ def _eos_ids(model) -> torch.Tensor:
 
 
 def _atomic_save(obj, path: Path) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save(obj, tmp)
 
 
 def check_resume(work_dir: Path, key: str) -> None:
@@ -160,9 +159,7 @@ def run_scoring(model, processor, samples: Sequence, cfg: ScoreConfig, *, work_d
     meta_path = work_dir / "meta.json"
     check_resume(work_dir, key)
     if not meta_path.exists() and state.is_main_process:
-        tmp = meta_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps({"key": key, "config": asdict(cfg), "model": model_id}, default=str))
-        os.replace(tmp, meta_path)
+        atomic_write(meta_path, json.dumps({"key": key, "config": asdict(cfg), "model": model_id}, default=str))
     state.wait_for_everyone()
     batches = [list(range(i, min(i + cfg.batch_size, len(samples)))) for i in range(0, len(samples), cfg.batch_size)]
     mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index]

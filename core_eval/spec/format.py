@@ -37,7 +37,6 @@ import dataclasses
 import hashlib
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -359,23 +358,9 @@ class HeadSpec:
 
     def write(self, path: str | os.PathLike) -> Path:
         """Write atomically: a temp file in the same directory, fsync, then ``os.replace``. Returns the path."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        text = self.to_json()
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except FileNotFoundError:
-                pass
-            raise
-        return path
+        from core_eval._io import atomic_write
+
+        return atomic_write(path, self.to_json())
 
     @classmethod
     def from_dict(cls, d: dict, *, source: str | os.PathLike | None = None) -> "HeadSpec":

@@ -23,6 +23,7 @@ from typing import Any
 
 import yaml
 
+from core_eval._io import atomic_write
 from core_eval.options import CORE_ARGS, ModelArgsError, coerce, make_plan
 
 # ----------------------------------------------------------------------------- model arguments
@@ -382,9 +383,7 @@ def export_dataset(name: str, root: str | os.PathLike | None = None) -> Path:
     text = buf.getvalue()
     path = lmu_root(root) / f"{name}.tsv"
     if not path.is_file() or path.read_text() != text:
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write(path, text)
     return path
 
 

@@ -63,10 +63,7 @@ class _CoreProbeMixin:
         for b64, name in zip(toliststr(line["image"]), toliststr(line["image_path"])):
             path = osp.join(self.img_root, name)  # content-hashed name: never stale
             if not osp.exists(path):
-                tmp = f"{path}.{os.getpid()}.tmp"
-                with open(tmp, "wb") as f:
-                    f.write(base64.b64decode(b64))
-                os.replace(tmp, path)
+                atomic_write(path, base64.b64decode(b64))
             paths.append(path)
         return paths
 

@@ -10,7 +10,6 @@ after; generation is greedy, one sample at a time, through the processor's chat 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 from vlmeval.vlm.base import BaseModel
@@ -79,9 +78,7 @@ class CoreVLM(BaseModel):
         }
         if self.record_dir is not None:
             self.record_dir.mkdir(parents=True, exist_ok=True)
-            tmp = self.record_dir / f".{RECORD_FILE}.{os.getpid()}.tmp"
-            tmp.write_text(json.dumps(self.record, indent=2, default=str))
-            os.replace(tmp, self.record_dir / RECORD_FILE)
+            atomic_write(self.record_dir / RECORD_FILE, json.dumps(self.record, indent=2, default=str))
 
     # ------------------------------------------------------------------ prompt + generation
 
