@@ -65,9 +65,9 @@ def _select(args) -> int:
 
 
 def _demo(args) -> int:
-    from core_eval.demo import run_demo
+    from core_eval.demo import DemoConfig, run_demo
 
-    run_demo(out_dir=args.out)
+    run_demo(out_dir=args.out, model_dir=args.model, config=DemoConfig.small() if args.small else DemoConfig())
     return 0
 
 
@@ -115,7 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_causal_parser(sub)
     add_report_parser(sub)
     d = sub.add_parser("demo", help="run the end-to-end pipeline on the bundled default")
-    d.add_argument("--out", default="core_eval_runs/demo")
+    d.add_argument("--out", default="core_eval_runs/demo", help="output folder (a rerun reuses finished steps)")
+    d.add_argument("--model", default=None, help="checkpoint to study (default: the bundled organism)")
+    d.add_argument("--small", action="store_true", help="reduced sizes (what the test suite runs)")
     d.set_defaults(fn=_demo)
     return p
 

@@ -47,11 +47,20 @@ class Report:
     primary: dict = field(default_factory=dict)
     figures: dict[str, bytes] = field(default_factory=dict)
     params: dict = field(default_factory=dict)
+    sections: dict[str, pd.DataFrame] = field(default_factory=dict)
+    about: dict[str, str] = field(default_factory=dict)
+
+    def add_section(self, name: str, table: pd.DataFrame, about: str = "", figure: bytes | None = None) -> None:
+        """Add a table (and optionally a PNG figure) of your own, e.g. head scores from a spec."""
+        self.sections[name] = table
+        self.about[name] = about
+        if figure is not None:
+            self.figures[name] = figure
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Name -> table, in report order (each is one CSV)."""
         out = {"leaderboard": self.leaderboard, "comparison": self.comparison, "causal": self.causal,
-               "curves": self.curves}
+               "curves": self.curves, **self.sections}
         if self.speed is not None:
             out["speed"] = self.speed
         out["runs"] = self.runs_table

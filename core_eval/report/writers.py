@@ -120,7 +120,7 @@ def render_markdown(report, plot_dir: str | None = "plots") -> str:
     n_warn = int((report.notes.level == "warning").sum()) if len(report.notes) else 0
     out.append(f"**Notes: {len(report.notes)} ({n_warn} warnings)** — see the Notes section.\n")
     for name, df in report.tables().items():
-        out.append(f"## {name.capitalize()}\n\n{ABOUT.get(name, '')}\n")
+        out.append(f"## {name.capitalize()}\n\n{report.about.get(name) or ABOUT.get(name, '')}\n")
         fig = {"comparison": "deltas"}.get(name, name)
         if plot_dir is not None and fig in report.figures:
             out.append(f"![{fig}]({plot_dir}/{fig}.png)\n")
@@ -171,7 +171,7 @@ def render_html(report) -> str:
                  f'<a href="#notes">read them</a> before the numbers.</p>')
     for name, df in report.tables().items():
         parts.append(f'<h2 id="{name}">{html.escape(name.capitalize())}</h2>')
-        parts.append(f'<p class="about">{html.escape(ABOUT.get(name, ""))}</p>')
+        parts.append(f'<p class="about">{html.escape(report.about.get(name) or ABOUT.get(name, ""))}</p>')
         fig = {"comparison": "deltas"}.get(name, name)
         if fig in report.figures:
             b64 = base64.b64encode(report.figures[fig]).decode("ascii")
