@@ -86,13 +86,13 @@ def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block
     q ``(B, Hq, T, D)``, k/v ``(B, Hkv, T, D)`` at positions ``0..T-1``; flags ``(B, T)``.
     Query ``i`` sees two disjoint key sets: its window ``(i - W, i]`` and the far keys (sinks, and
     text tokens for ``text_only``) at positions ``<= i - W``. A block of ``Bq`` queries (default
-    ``W``) gets one SDPA call on the far keys (gathered once per row) plus the contiguous slice
+    ``min(W, 128)``) gets one SDPA call on the far keys (gathered once per row) plus the contiguous slice
     ``[s - W + 1, e)``: ``O(T * (n_far + Bq + W))`` instead of ``O(T^2)``. Returns ``(B, Hq, T, D)``.
     """
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
     W = pattern.window
-    Bq = block or W
+    Bq = block or min(W, 128)  # measured on CPU: 128-query blocks beat larger ones (less masked waste)
     dev = q.device
     far = pattern.far(real, visual, sink)
     n_far = int(far.sum(1).max().item()) if T else 0
