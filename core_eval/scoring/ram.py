@@ -154,7 +154,10 @@ def run_scoring(model, processor, samples: Sequence, cfg: ScoreConfig, *, work_d
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    state = PartialState()
+    from accelerate.utils import parse_flag_from_env
+
+    # like Accelerator(): ACCELERATE_USE_CPU=true makes a multi-process launch use gloo on CPU
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
     work_dir.mkdir(parents=True, exist_ok=True)
     meta_path = work_dir / "meta.json"
     check_resume(work_dir, key)
