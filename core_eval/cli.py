@@ -112,8 +112,11 @@ def build_parser() -> argparse.ArgumentParser:
     from core_eval.report.cli import add_report_parser
     from core_eval.scoring.causal import add_causal_parser
 
+    from core_eval.scoring.plots import add_plot_parser
+
     add_causal_parser(sub)
     add_report_parser(sub)
+    add_plot_parser(sub)
     d = sub.add_parser("demo", help="run the end-to-end pipeline on the bundled default")
     d.add_argument("--out", default="core_eval_runs/demo", help="output folder (a rerun reuses finished steps)")
     d.add_argument("--model", default=None, help="checkpoint to study (default: the bundled organism)")
