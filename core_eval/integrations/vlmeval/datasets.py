@@ -23,6 +23,8 @@ import pandas as pd
 from vlmeval.dataset import ImageBaseDataset, ImageMCQDataset
 from vlmeval.smp import dump, load, toliststr
 
+from core_eval._io import atomic_write
+
 from ._common import export_dataset, lmu_root, probe_dataset, read_tsv, task_utils
 
 IMAGE_PLACEHOLDER = "<image>"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from vlmeval.vlm.base import BaseModel
 
+from core_eval._io import atomic_write
+
 from ._common import (DEFAULT_MAX_NEW_TOKENS, make_plan, probe_dataset, run_identity, split_model_args)
 
 RECORD_FILE = "core_eval.json"
