@@ -187,8 +187,7 @@ def test_yamls_parse_and_build():
 
 def _lm_eval_exe() -> Path:
     exe = Path(sys.executable).parent / ("lm_eval.exe" if os.name == "nt" else "lm_eval")
-    if not exe.exists():
-        pytest.skip(f"lm_eval console script not found next to {sys.executable}")
+    assert exe.exists(), f"lm_eval console script not found next to {sys.executable}: install lm-eval (.ci/setup)"
     return exe
 
 
