@@ -295,3 +295,19 @@ def test_same_predictions_as_lm_eval_core_hf(vlmeval_runs, tmp_path, family, mas
         for i, x in enumerate(logged):
             assert x["prompt"] == lm[i]["arguments"]["gen_args_0"]["arg_0"]
             assert x["prediction"] == lm[i]["resps"][0][0]
+
+
+def test_reporter_reads_the_real_vlmeval_outputs(vlmeval_runs, tmp_path):
+    """The work dir VLMEvalKit's runner wrote is a valid input of `core-eval report`."""
+    from core_eval.report import build_report, load_run
+
+    out, _, _, _ = vlmeval_runs("llava")
+    base, abl = _models(out, "llava")
+    runs = load_run(out / abl, source="vlmeval")
+    baseline = load_run(out / base, source="vlmeval")
+    assert runs and baseline
+    assert runs[0].intervention.n_heads == 3 and baseline[0].intervention.n_heads == 0
+    report = build_report(runs, baseline)
+    paired = report.comparison[report.comparison["stats"] == "paired"]
+    assert len(paired) >= 2 and (paired["n"] == N).all()  # the probe and the MCQ, per sample
+    assert report.write(tmp_path / "rep").joinpath("report.html").is_file()
