@@ -86,6 +86,9 @@ def test_atomic_write_leaves_no_temp_files(tmp_path, spec, monkeypatch):
     spec.with_selection("bottom", k=3).write(p)  # overwrite
     assert sorted(os.listdir(tmp_path)) == ["spec.json"]
     assert len(HeadSpec.read(p).heads) == 3
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert p.stat().st_mode & 0o777 == 0o666 & ~mask  # a normal file's mode, not mkstemp's 0600
     # a failure at the rename step leaves the old file intact and no temp file behind
     before = p.read_text()
 
