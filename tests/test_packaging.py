@@ -23,8 +23,9 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory):
     out = tmp_path_factory.mktemp("wheel")
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w", str(out),
-                    str(REPO)], check=True, capture_output=True)
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", "-w",
+                        str(out), str(REPO)], capture_output=True, text=True)
+    assert r.returncode == 0, f"pip wheel failed:\n{r.stdout[-2000:]}\n{r.stderr[-4000:]}"
     (whl,) = out.glob("core_eval-*.whl")
     return whl
 
@@ -34,6 +35,9 @@ def test_wheel_ships_hook_tasks_and_entry_point(wheel):
     assert "core_eval_lm_eval_hook.pth" in names  # at site-packages' root
     for f in ("core_grid_needle.yaml", "core_probes.yaml", "utils.py", "_probe_template_yaml"):
         assert f"core_eval/task_configs/{f}" in names
+    for f in ("model.safetensors", "config.json", "processor_config.json", "tokenizer.json"):
+        assert f"core_eval/organism/weights/{f}" in names  # the bundled organism ships in the wheel
+    assert "core_eval/head_masks/organism.json" in names
     ep = next(n for n in names if n.endswith("entry_points.txt"))
     text = zipfile.ZipFile(wheel).read(ep).decode()
     assert "[lm_eval.models]" in text and "core_hf = core_eval.integrations.lm_eval:CoreHFLM" in text

@@ -1,0 +1,621 @@
+"""Train the organism: a small LLaVA that really solves the probe tasks, on 2 CPU cores.
+
+    python -m core_eval.organism.train --out DIR [--threads 1] [--steps N] [--minutes M]
+
+Deterministic: every random choice comes from ``--seed`` (model init, tokenizer corpus, probe
+seeds, batch order); the same torch version and thread count give the same weights.
+Training probes use seeds >= 1_000_000 and validation 3_000_000, never the lm-eval tasks'
+seed 1000 (held out for the final evaluation) nor ``core-eval score``'s default seed 0.
+
+Architecture (standard ``LlavaForConditionalGeneration``, nothing routes retrieval through
+chosen heads): CLIP vision tower on 64x64 px with 16 px patches, so a 448 px 4x4
+grid_needle image gives one visual token per cell; 2-layer MLP projector; Llama LM
+(6 layers x 8 heads, head_dim 16, MHA). Tokenizer: byte-level BPE (any text tokenizes)
+whose merges are learnt from probe text, so probe words are single tokens.
+
+Two stages, as real MLLMs are trained:
+
+1. vision tower only: per-patch classification of the colour and the shape of the object
+   centred in that patch (or none) and of the patch's row and column, on grid_needle,
+   count_control and multi_image_needle images, through throw-away linear heads (without the
+   row/column targets the tower's outputs barely encode where a patch is, and the LM learnt
+   cell addressing much more slowly);
+2. vision tower frozen; projector + LM on a task mixture (per batch of 64: 54 grid_needle, 8
+   count_control, 2 multi_image_needle which_image; ``text_needle``, text-only key/value
+   lookups, is supported but off by default: it stayed at 0% in every run), loss =
+   cross-entropy on the answer tokens and the end-of-sequence token that follows them. Each
+   family runs as its own sub-batch (little padding); one optimizer step per batch. The
+   frozen tower's features are computed once per probe image (exactly what the model computes
+   in its forward; checked against the real forward at the end).
+
+Output: ``save_pretrained`` model (float32 safetensors) + processor + generation config, and
+``training_log.json`` (config, seeds, timings, losses, validation accuracy, final greedy exact
+match per family on the lm-eval tasks' samples, chance levels).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from core_eval.organism import ANSWER_INSTRUCTION, DESCRIPTION, TASK_KNOBS
+from core_eval.organism.data import CHANCE, make_samples, text_page
+
+# ----------------------------------------------------------------------------- configuration
+
+IMAGE = 64         # processor output size (px)
+PATCH = 16         # -> 4x4 = 16 visual tokens per image
+N_VIS = (IMAGE // PATCH) ** 2
+SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
+
+DEFAULTS = dict(
+    seed=0,
+    # model
+    vision_hidden=128, vision_layers=2, vision_heads=4, vision_intermediate=256,
+    lm_hidden=128, lm_layers=6, lm_heads=8, lm_intermediate=256, vocab_target=640,
+    # stage 1
+    s1_steps=300, s1_batch=64, s1_lr=2e-3, s1_position=True,
+    s1_pool={"grid_needle": 1500, "count_control": 800, "multi_image_needle": 300},
+    # stage 2
+    steps=3200, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
+    batch={"grid_needle": 54, "count_control": 8, "multi_image_needle": 2},
+    # distinct samples per family (text_needle is built and validated, not in the batch mixture)
+    pool={"grid_needle": 16000, "count_control": 2000, "multi_image_needle": 2000,
+          "text_needle": 5000},
+    styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
+    # share of each pool drawn with other knobs (see knob_variant)
+    varied_frac={"grid_needle": 0.3, "multi_image_needle": 0.5, "text_needle": 0.5},
+    val_n=200, val_every=500,
+    final_n=100,
+)
+
+TRAIN_SEED0, VAL_SEED, TOK_SEED = 1_000_000, 3_000_000, 5_000_000
+
+
+def log(msg: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+# ----------------------------------------------------------------------------- tokenizer / processor
+
+def _corpus(seed: int) -> list[str]:
+    """Text the BPE merges are learnt from: template pieces + probe questions and answers."""
+    # template pieces repeated so that they become single tokens
+    texts = ["USER: ", "USER: <image>", " ASSISTANT:", "ASSISTANT:", ANSWER_INSTRUCTION] * 50
+    n = 300
+    for i, fam in enumerate(("grid_needle", "count_control", "multi_image_needle", "text_needle")):
+        for s in make_samples(fam, n, TOK_SEED + 10 * seed + i, style="lm_eval"):
+            texts += [s.question, s.answer, *s.aliases]
+    for s in make_samples("multi_image_needle", 100, TOK_SEED + 10 * seed + 7, style="plain",
+                          knobs={**TASK_KNOBS["multi_image_needle"], "variant": "right_of"}):
+        texts += [s.question, s.answer]
+    return texts
+
+
+def build_tokenizer(seed: int, vocab_size: int):
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from core_eval.testing._tokenizer import LLAVA_TEMPLATE
+
+    tok = Tokenizer(models.BPE(fuse_unk=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS, show_progress=False,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+        unk_token="<unk>", add_bos_token=True, add_eos_token=False, padding_side="left",
+        model_max_length=1024, chat_template=LLAVA_TEMPLATE, clean_up_tokenization_spaces=False,
+        extra_special_tokens={"image_token": "<image>"},
+    )
+
+
+def build_processor(tok):
+    from transformers import CLIPImageProcessor, LlavaProcessor
+
+    from core_eval.testing._tokenizer import LLAVA_TEMPLATE
+
+    ip = CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
+    return LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=PATCH,
+                          vision_feature_select_strategy="default", num_additional_image_tokens=1,
+                          chat_template=LLAVA_TEMPLATE)
+
+
+def build_model(tok, c: dict):
+    from transformers import (CLIPVisionConfig, GenerationConfig, LlamaConfig, LlavaConfig,
+                              LlavaForConditionalGeneration)
+
+    vocab = -(-len(tok) // 64) * 64
+    ids = tok.convert_tokens_to_ids
+    text = LlamaConfig(
+        vocab_size=vocab, hidden_size=c["lm_hidden"], intermediate_size=c["lm_intermediate"],
+        num_hidden_layers=c["lm_layers"], num_attention_heads=c["lm_heads"],
+        num_key_value_heads=c["lm_heads"], head_dim=c["lm_hidden"] // c["lm_heads"],
+        max_position_embeddings=1024, bos_token_id=ids("<s>"), eos_token_id=ids("</s>"),
+        pad_token_id=ids("<pad>"), tie_word_embeddings=False,
+    )
+    vision = CLIPVisionConfig(
+        hidden_size=c["vision_hidden"], intermediate_size=c["vision_intermediate"],
+        num_hidden_layers=c["vision_layers"], num_attention_heads=c["vision_heads"],
+        image_size=IMAGE, patch_size=PATCH, projection_dim=c["vision_hidden"],
+    )
+    config = LlavaConfig(vision_config=vision, text_config=text, image_token_index=ids("<image>"),
+                         image_seq_length=N_VIS, vision_feature_select_strategy="default",
+                         vision_feature_layer=-1, projector_hidden_act="gelu")
+    for cfg in (config, text, vision):
+        cfg.dtype = torch.float32
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c["seed"])
+        model = LlavaForConditionalGeneration(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=ids("<s>"), eos_token_id=ids("</s>"), pad_token_id=ids("<pad>"),
+        do_sample=False, max_new_tokens=16,
+    )
+    return model
+
+
+# ----------------------------------------------------------------------------- data
+
+_COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black")
+_SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
+
+
+def patch_labels(sample) -> list[tuple[list[int], list[int]]]:
+    """Per image: (colour, shape) class per visual token (row-major 4x4 patches) of the object
+    centred in that patch; ``len(_COLOURS)`` / ``len(_SHAPES)`` = no object."""
+    g = IMAGE // PATCH
+    fam, meta = sample.family, sample.meta
+    per_image: list[list[tuple[str, list]]] = []
+    if fam == "grid_needle":
+        k = meta["knobs"]
+        if k["grid"] != g:
+            raise ValueError("patch labels need the 4x4 grid")
+        per_image = [[(t, None) for t in meta["cells"]]]
+    elif fam == "count_control":
+        per_image = [[(o["type"], o["box"]) for o in meta["objects"]]]
+    elif fam == "multi_image_needle":
+        per_image = [[(o["type"], o["box"]) for o in objs] for objs in meta["objects"]]
+    else:
+        raise ValueError(fam)
+    out = []
+    for m, objs in enumerate(per_image):
+        col = [len(_COLOURS)] * (g * g)
+        shp = [len(_SHAPES)] * (g * g)
+        W = sample.images[m].width
+        for j, (t, box) in enumerate(objs):
+            c, s = t.split(" ")
+            if box is None:
+                p = j
+            else:
+                cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+                p = int(cy * g // W) * g + int(cx * g // W)
+            col[p], shp[p] = _COLOURS.index(c), _SHAPES.index(s)
+        out.append((col, shp))
+    return out
+
+
+def _pixels(processor, images) -> torch.Tensor:
+    return processor.image_processor(images, return_tensors="pt")["pixel_values"]
+
+
+def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
+    """What LLaVA feeds its projector: the selected tower layer, CLS dropped."""
+    out = model.model.vision_tower(pixel_values.to(model.device), output_hidden_states=True)
+    return out.hidden_states[model.config.vision_feature_layer][:, 1:]
+
+
+def knob_variant(family: str, rng: random.Random) -> dict:
+    """Other knob settings of ``family`` mixed into the training pool (easier and harder
+    cases than the task's; the 4x4 grid / 448 px geometry is kept)."""
+    if family == "grid_needle":
+        return {**TASK_KNOBS["grid_needle"], "n_distractor_types": rng.randint(1, 15),
+                "confusable": rng.random() < 0.5}
+    if family == "multi_image_needle":
+        return {**TASK_KNOBS["multi_image_needle"], "n_images": rng.randint(2, 3)}
+    if family == "text_needle":
+        return {**TASK_KNOBS["text_lookup"], "n_rows": rng.randint(2, 7)}
+    if family == "count_control":
+        return dict(TASK_KNOBS["count_control"])
+    raise ValueError(family)
+
+
+@dataclass
+class Item:
+    ids: list[int]        # BOS + prompt + answer + EOS
+    n_prompt: int         # index of the first answer token
+    feats: list[int]      # rows of the feature bank, one per image, in order
+    family: str
+
+
+class Pool:
+    """Tokenized prompts (both phrasings) + a feature bank of the frozen vision tower."""
+
+    def __init__(self):
+        self.items: dict[str, list[tuple[Item, ...]]] = {}
+        self.bank: list[torch.Tensor] = []
+        self.n_feat = 0
+
+    def add_features(self, feats: torch.Tensor) -> list[int]:
+        self.bank.append(feats)
+        idx = list(range(self.n_feat, self.n_feat + feats.shape[0]))
+        self.n_feat += feats.shape[0]
+        return idx
+
+    def freeze(self):
+        self.bank_t = torch.cat(self.bank) if self.bank else torch.zeros(0)
+        self.bank = []
+
+
+def encode_item(processor, sample, feats: list[int]) -> Item:
+    """Token ids of the chat prompt (image placeholders expanded as the processor does) +
+    answer + EOS, and where the answer starts."""
+    from core_eval.prompting import prompt_text
+
+    tok = processor.tokenizer
+    prompt = prompt_text(processor, sample).replace("<image>", "<image>" * N_VIS)
+    p_ids = tok(prompt)["input_ids"]
+    ids = tok(prompt + sample.answer + tok.eos_token)["input_ids"]
+    if ids[:len(p_ids)] != p_ids:
+        raise ValueError(f"{sample.id}: the answer does not start at a token boundary")
+    return Item(ids=ids, n_prompt=len(p_ids), feats=feats, family=sample.family)
+
+
+def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, rng_seed: int,
+               chunk: int = 200, styles=("plain", "lm_eval")) -> Pool:
+    pool = Pool()
+    rng = random.Random(rng_seed)
+    for f_i, (fam, n) in enumerate(sizes.items()):
+        t0 = time.time()
+        items: list[tuple[Item, ...]] = []
+        for c_i, start in enumerate(range(0, n, chunk)):
+            m = min(chunk, n - start)
+            seed = seed0 + 1000 * f_i + c_i
+            knobs = None
+            if rng.random() < varied_frac.get(fam, 0.0):
+                knobs = knob_variant(fam, rng)
+            fam_styles = ("lm_eval",) if fam == "text_needle" else styles
+            by_style = {st: make_samples(fam, m, seed, style=st, knobs=knobs) for st in fam_styles}
+            base = by_style[fam_styles[0]]
+            ims = [im for s in base for im in s.images]
+            fidx: list[int] = []
+            if ims:
+                with torch.no_grad():
+                    fidx = pool.add_features(vision_features(model, _pixels(processor, ims)))
+            pos = 0
+            for j in range(m):
+                k = len(base[j].images)
+                fi, pos = fidx[pos:pos + k], pos + k
+                items.append(tuple(encode_item(processor, by_style[st][j], fi) for st in fam_styles))
+        pool.items[fam] = items
+        log(f"  pool {fam}: {n} samples in {time.time() - t0:.1f}s")
+    pool.freeze()
+    return pool
+
+
+# ----------------------------------------------------------------------------- stage 1
+
+def stage1(model, processor, c: dict, rec: dict) -> None:
+    log("stage 1: vision tower on per-patch colour / shape classification")
+    t0 = time.time()
+    tower = model.model.vision_tower
+    d = c["vision_hidden"]
+    gen = torch.Generator().manual_seed(c["seed"] + 1)
+    g = IMAGE // PATCH
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(c["seed"] + 2)
+        head_c = torch.nn.Linear(d, len(_COLOURS) + 1)
+        head_s = torch.nn.Linear(d, len(_SHAPES) + 1)
+        head_p = torch.nn.Linear(d, 2 * g)   # row and column of the patch
+    dev = model.device
+    for h in (head_c, head_s, head_p):
+        h.to(dev)
+    row_t = (torch.arange(g * g) // g).to(dev)
+    col_t = (torch.arange(g * g) % g).to(dev)
+    pix, lab_c, lab_s = [], [], []
+    for f_i, (fam, n) in enumerate(c["s1_pool"].items()):
+        for start in range(0, n, 200):
+            ss = make_samples(fam, min(200, n - start), TRAIN_SEED0 + 500_000 + 1000 * f_i + start,
+                              style="plain")
+            pix.append(_pixels(processor, [im for s in ss for im in s.images]))
+            for s in ss:
+                for col, shp in patch_labels(s):
+                    lab_c.append(col)
+                    lab_s.append(shp)
+    pix_t = torch.cat(pix)
+    lab_c_t, lab_s_t = torch.tensor(lab_c), torch.tensor(lab_s)
+    log(f"  {len(pix_t)} images in {time.time() - t0:.1f}s")
+    params = [*tower.parameters(), *head_c.parameters(), *head_s.parameters(), *head_p.parameters()]
+    opt = torch.optim.AdamW(params, lr=c["s1_lr"], weight_decay=0.0)
+    n_val = min(256, len(pix_t) // 4)   # held-out images for the patch accuracy
+    tr_idx = torch.arange(n_val, len(pix_t))
+    losses = []
+    tower.train()
+    for step in range(c["s1_steps"]):
+        lr = c["s1_lr"] * min(1.0, (step + 1) / 30) * 0.5 * (1 + math.cos(math.pi * step / c["s1_steps"]))
+        for grp in opt.param_groups:
+            grp["lr"] = lr
+        b = tr_idx[torch.randint(len(tr_idx), (c["s1_batch"],), generator=gen)]
+        h = vision_features(model, pix_t[b])
+        pos = head_p(h)
+        loss = F.cross_entropy(head_c(h).flatten(0, 1), lab_c_t[b].flatten().to(dev)) + \
+            F.cross_entropy(head_s(h).flatten(0, 1), lab_s_t[b].flatten().to(dev))
+        if c["s1_position"]:
+            B = len(b)
+            loss = loss + F.cross_entropy(pos[..., :g].flatten(0, 1), row_t.repeat(B)) + \
+                F.cross_entropy(pos[..., g:].flatten(0, 1), col_t.repeat(B))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        losses.append(round(loss.item(), 4))
+        if step % 50 == 0 or step == c["s1_steps"] - 1:
+            log(f"  s1 step {step} loss {loss.item():.4f}")
+    tower.eval()
+    with torch.no_grad():
+        h = vision_features(model, pix_t[:n_val])
+        acc_c = (head_c(h).argmax(-1).cpu() == lab_c_t[:n_val]).float().mean().item()
+        acc_s = (head_s(h).argmax(-1).cpu() == lab_s_t[:n_val]).float().mean().item()
+    log(f"  stage 1 done in {time.time() - t0:.1f}s: held-out patch accuracy colour {acc_c:.3f} "
+        f"shape {acc_s:.3f}")
+    rec["stage1"] = {"seconds": round(time.time() - t0, 1), "images": len(pix_t),
+                     "steps": c["s1_steps"], "loss_every_10": losses[::10],
+                     "val_patch_acc_colour": round(acc_c, 4), "val_patch_acc_shape": round(acc_s, 4)}
+
+
+# ----------------------------------------------------------------------------- stage 2
+
+def collate(items: list[Item], bank: torch.Tensor, pad_id: int):
+    T = max(len(it.ids) for it in items)
+    B = len(items)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros(B, T, dtype=torch.long)
+    tgt = torch.full((B, T), -100, dtype=torch.long)   # tgt[b, t] = token predicted at row t
+    feats = []
+    for b, it in enumerate(items):
+        n = len(it.ids)
+        ids[b, :n] = torch.tensor(it.ids)
+        mask[b, :n] = 1
+        tgt[b, it.n_prompt - 1:n - 1] = ids[b, it.n_prompt:n]
+        feats.extend(it.feats)
+    f = bank[torch.tensor(feats, device=bank.device)] if feats else None
+    dev = bank.device
+    return ids.to(dev), mask.to(dev), tgt.to(dev), f
+
+
+def forward_hidden(model, ids, mask, feats):
+    """LlavaModel's forward with precomputed tower features: embed, scatter the projected
+    image features into the image-token positions, run the LM."""
+    emb = model.get_input_embeddings()(ids)
+    if feats is not None:
+        img = model.model.multi_modal_projector(feats).reshape(-1, emb.shape[-1])
+        pos = (ids == model.config.image_token_index).unsqueeze(-1).expand_as(emb)
+        emb = emb.masked_scatter(pos, img.to(emb.dtype))
+    out = model.model.language_model(inputs_embeds=emb, attention_mask=mask)
+    return out.last_hidden_state
+
+
+def loss_and_acc(model, ids, mask, tgt, feats, *, reduction: str = "mean"):
+    h = forward_hidden(model, ids, mask, feats)
+    sel = tgt != -100
+    logits = model.lm_head(h[sel])
+    loss = F.cross_entropy(logits, tgt[sel], reduction=reduction)
+    pred = torch.full_like(tgt, -100)
+    pred[sel] = logits.argmax(-1)
+    ok = ((pred == tgt) | ~sel).all(dim=1)
+    return loss, ok
+
+
+@torch.no_grad()
+def validate(model, val: Pool, pad_id: int) -> dict:
+    model.eval()
+    res = {}
+    for fam, items in val.items.items():
+        oks = []
+        for style_i in range(len(items[0])):
+            for i in range(0, len(items), 100):
+                batch = [t[style_i] for t in items[i:i + 100]]
+                _, ok = loss_and_acc(model, *collate(batch, val.bank_t, pad_id))
+                oks.append(ok)
+        res[fam] = round(torch.cat(oks).float().mean().item(), 4)
+    model.train()
+    return res
+
+
+def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
+    log("stage 2: projector + LM on the task mixture (vision tower frozen)")
+    t0 = time.time()
+    for p in model.model.vision_tower.parameters():
+        p.requires_grad_(False)
+    model.model.vision_tower.eval()
+    pool = build_pool(model, processor, c["pool"], TRAIN_SEED0, varied_frac=c["varied_frac"],
+                      rng_seed=c["seed"] + 3, styles=tuple(c["styles"]))
+    val = build_pool(model, processor, {f: c["val_n"] for f in c["pool"]}, VAL_SEED,
+                     varied_frac={}, rng_seed=c["seed"] + 4)
+    rec["stage2_data_seconds"] = round(time.time() - t0, 1)
+    pad_id = processor.tokenizer.pad_token_id
+    params = [p for n, p in model.named_parameters() if p.requires_grad]
+    decay = [p for p in params if p.ndim >= 2]
+    no_decay = [p for p in params if p.ndim < 2]
+    opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["weight_decay"]},
+                             {"params": no_decay, "weight_decay": 0.0}],
+                            lr=c["lr"], betas=(0.9, 0.98))
+    rng = random.Random(c["seed"] + 5)
+    orders = {f: [] for f in c["batch"]}
+
+    def draw(fam, k):
+        out = []
+        while len(out) < k:
+            if not orders[fam]:
+                orders[fam] = list(range(len(pool.items[fam])))
+                rng.shuffle(orders[fam])
+            variants = pool.items[fam][orders[fam].pop()]
+            out.append(variants[rng.randrange(len(variants))])
+        return out
+
+    hist, vals = [], []
+    model.train()
+    t_train = time.time()
+    steps = c["steps"]
+    done = 0
+    for step in range(steps):
+        if time.time() > deadline:
+            log(f"  time budget reached at step {step}: stopping stage 2 early")
+            rec["stopped_early_at_step"] = step
+            break
+        warm = min(1.0, (step + 1) / c["warmup"])
+        lr = c["lr"] * warm * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * step / steps)))
+        for g in opt.param_groups:
+            g["lr"] = lr
+        # one sub-batch per family (little padding), one optimizer step on the summed loss
+        groups = [draw(fam, k) for fam, k in c["batch"].items()]
+        n_tok = sum(len(it.ids) - it.n_prompt for g in groups for it in g)
+        loss, oks = 0.0, []
+        for g in groups:
+            l_sum, ok = loss_and_acc(model, *collate(g, pool.bank_t, pad_id), reduction="sum")
+            loss = loss + l_sum / n_tok
+            oks.append(ok)
+        ok = torch.cat(oks)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, c["clip"])
+        opt.step()
+        hist.append(loss.item())
+        done = step + 1
+        if step % 50 == 0:
+            el = time.time() - t_train
+            log(f"  step {step} loss {sum(hist[-50:]) / len(hist[-50:]):.4f} lr {lr:.2e} "
+                f"batch-acc {ok.float().mean().item():.3f} ({el / (step + 1):.3f} s/step)")
+        if (step + 1) % c["val_every"] == 0 or step + 1 == steps:
+            v = validate(model, val, pad_id)
+            vals.append({"step": step + 1, "seconds": round(time.time() - t_train, 1), **v})
+            log(f"  val (teacher-forced exact) @ {step + 1}: {v}")
+    rec["stage2"] = {
+        "seconds": round(time.time() - t_train, 1), "steps_done": done,
+        "s_per_step": round((time.time() - t_train) / max(1, done), 4),
+        "loss_mean_per_100": [round(sum(hist[i:i + 100]) / len(hist[i:i + 100]), 4)
+                              for i in range(0, len(hist), 100)],
+        "val": vals,
+    }
+    if done and (not vals or vals[-1]["step"] != done):
+        v = validate(model, val, pad_id)
+        vals.append({"step": done, "seconds": round(time.time() - t_train, 1), **v})
+    # the precomputed-feature forward must be the model's own forward
+    check = make_samples("grid_needle", 2, VAL_SEED + 77, style="lm_eval")
+    rec["stage2"]["forward_check_max_abs_diff"] = _forward_check(model, processor, check)
+
+
+@torch.no_grad()
+def _forward_check(model, processor, samples) -> float:
+    from core_eval.prompting import encode
+
+    model.eval()
+    inputs = encode(processor, samples, with_answer=True, padding_side="right").to(model.device)
+    ref = model(**inputs).logits
+    feats = vision_features(model, inputs["pixel_values"])
+    h = forward_hidden(model, inputs["input_ids"], inputs["attention_mask"], feats)
+    diff = (model.lm_head(h) - ref).abs().max().item()
+    if diff > 1e-3:
+        raise AssertionError(f"precomputed-feature forward differs from the model's: {diff}")
+    return diff
+
+
+# ----------------------------------------------------------------------------- main
+
+def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cpu") -> dict:
+    from core_eval.organism.evaluate import evaluate, load
+
+    torch.set_num_threads(threads)
+    if device.startswith("cuda"):  # deterministic cuBLAS; some CUDA kernels only warn
+        import os
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+    else:
+        torch.use_deterministic_algorithms(True)
+    t_start = time.time()
+    deadline = t_start + 60 * minutes
+    random.seed(c["seed"])
+    torch.manual_seed(c["seed"])
+    rec: dict = {"description": DESCRIPTION, "config": c, "threads": threads, "device": device,
+                 "torch": torch.__version__, "python": platform.python_version()}
+    import transformers
+    rec["transformers"] = transformers.__version__
+
+    tok = build_tokenizer(c["seed"], c["vocab_target"])
+    processor = build_processor(tok)
+    model = build_model(tok, c).to(device)
+    n_params = sum(p.numel() for p in model.parameters())
+    log(f"model: {n_params / 1e6:.2f}M parameters, vocab {len(tok)}")
+    rec["n_params"] = n_params
+    rec["vocab"] = len(tok)
+
+    with torch.enable_grad():  # whatever the caller's grad mode
+        stage1(model, processor, c, rec)
+        stage2(model, processor, c, rec, deadline)
+    rec["train_seconds"] = round(time.time() - t_start, 1)
+    log(f"training done in {rec['train_seconds']:.0f}s")
+
+    out.mkdir(parents=True, exist_ok=True)
+    model.eval().to("cpu")
+    for p in model.parameters():
+        p.requires_grad_(True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+
+    # final evaluation, from disk, on the lm-eval tasks' own samples (seed 1000)
+    t = time.time()
+    m2, p2 = load(out)
+    res = evaluate(m2, p2, n=c["final_n"], seed=1000)
+    rec["final_eval"] = {k: {kk: v[kk] for kk in ("exact_match", "chance", "n", "seed", "examples")}
+                         for k, v in res.items()}
+    rec["final_eval_seconds"] = round(time.time() - t, 1)
+    rec["chance"] = {k: {"exact_match": v[0], "how": v[1]} for k, v in CHANCE.items()}
+    rec["total_seconds"] = round(time.time() - t_start, 1)
+    rec["weights_bytes"] = sum(f.stat().st_size for f in out.glob("*.safetensors"))
+    for k, v in res.items():
+        log(f"  {k:30s} exact_match {v['exact_match']:.3f} (chance {v['chance']:.3f})")
+    (out / "training_log.json").write_text(json.dumps(rec, indent=1) + "\n")
+    return rec
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description="Train the core-eval organism (a small LLaVA).")
+    ap.add_argument("--out", required=True, help="output checkpoint directory")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--device", default="cpu",
+                    help="cpu (default; the shipped weights) or cuda: same recipe, other weights")
+    ap.add_argument("--minutes", type=float, default=30.0,
+                    help="wall-clock budget; stage 2 stops early when it is spent (logged)")
+    ap.add_argument("--steps", type=int, default=None, help="stage-2 steps (default %d)" % DEFAULTS["steps"])
+    ap.add_argument("--seed", type=int, default=None)
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                    help="override a config entry, e.g. --set lm_layers=6")
+    a = ap.parse_args(argv)
+    c = json.loads(json.dumps(DEFAULTS))
+    if a.steps is not None:
+        c["steps"] = a.steps
+    if a.seed is not None:
+        c["seed"] = a.seed
+    for kv in a.set:
+        k, v = kv.split("=", 1)
+        if k not in c:
+            raise SystemExit(f"unknown config key {k!r}; known: {sorted(c)}")
+        c[k] = json.loads(v)
+    train(Path(a.out), c, threads=a.threads, minutes=a.minutes, device=a.device)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
