@@ -33,7 +33,7 @@ class DemoConfig:
     n_causal: int = 64
     limit: int = 100
     frac: float = 0.05
-    sparse_frac: float = 0.10
+    sparse_fracs: tuple[float, ...] = (0.10, 0.25, 0.50)   # fractions of heads kept full
     curve_k: tuple[int, ...] = (1, 2, 4, 8)
     tasks: tuple[str, ...] = ("core_grid_needle", "core_count_control")
     window: int = 16
@@ -44,7 +44,8 @@ class DemoConfig:
 
     @classmethod
     def small(cls) -> "DemoConfig":
-        return cls(n_score=24, n_causal=12, limit=8, curve_k=(), tasks=("core_grid_needle",), bench_tokens=256)
+        return cls(n_score=24, n_causal=12, limit=8, curve_k=(), tasks=("core_grid_needle",), bench_tokens=256,
+                   sparse_fracs=(0.10,))
 
 
 def _step(name: str):
@@ -159,10 +160,13 @@ def run_demo(out_dir: str | Path = "core_eval_runs/demo", *, model_dir: str | Pa
         if kk != k:
             plan[f"zero-top-k{kk}"] = f"head_spec={spec_path},heads=top,k={kk},ablation=zero"
             plan[f"zero-random-k{kk}"] = f"head_spec={spec_path},heads=random,k={kk},seed={cfg.seed},ablation=zero"
-    ks = max(1, round(cfg.sparse_frac * L * H))
     sparse_args = f"sparse=text_only,window={cfg.window},sink={cfg.sink}"
-    plan["sparse-core"] = f"head_spec={spec_path},heads=top,k={ks},{sparse_args}"
-    plan["sparse-random"] = f"head_spec={spec_path},heads=random,k={ks},seed={cfg.seed},{sparse_args}"
+    sparse_k = {}   # run name -> (rule, number of full heads)
+    for f in cfg.sparse_fracs:
+        ks = max(1, round(f * L * H))
+        for rule, tag in (("top", "core"), ("random", "random")):
+            sparse_k[f"sparse-{tag}-{round(100 * f)}"] = (rule, ks)
+            plan[f"sparse-{tag}-{round(100 * f)}"] = f"head_spec={spec_path},heads={rule},k={ks},seed={cfg.seed},{sparse_args}"
     t0 = _step(f"4/6 lm-eval (core_hf) on {', '.join(cfg.tasks)}, limit {cfg.limit}: {len(plan)} runs")
     run_paths = {}
     for i, (name, args) in enumerate(plan.items(), 1):
@@ -176,7 +180,7 @@ def run_demo(out_dir: str | Path = "core_eval_runs/demo", *, model_dir: str | Pa
     t0 = _step(f"5/6 sparse-attention benchmark at {cfg.bench_tokens} tokens")
     speed_path = out / "speed.json"
     if not speed_path.exists():
-        speed = _measure_speed(model_dir, spec, ks, cfg)
+        speed = _measure_speed(model_dir, spec, sparse_k, cfg)
         atomic_write(speed_path, json.dumps(speed, indent=2))
     _done(t0, json.loads(speed_path.read_text()).__repr__())
 
@@ -188,9 +192,10 @@ def run_demo(out_dir: str | Path = "core_eval_runs/demo", *, model_dir: str | Pa
     return report_dir
 
 
-def _measure_speed(model_dir: Path, spec, k_full: int, cfg: DemoConfig) -> dict:
-    """Whole-model prefill time of the organism, dense vs hybrid (CoRe / random heads full), on a
-    grid-needle prompt repeated to ``bench_tokens`` tokens. Returns run label -> speedup."""
+def _measure_speed(model_dir: Path, spec, runs: dict[str, tuple[str, int]], cfg: DemoConfig) -> dict:
+    """Whole-model prefill time of the organism, dense vs hybrid, on a grid-needle prompt repeated to
+    ``bench_tokens`` tokens. ``runs``: run name -> (selection rule, number of full heads).
+    Returns run name -> speedup (dense time / hybrid time)."""
     import torch
 
     from core_eval.intervene import apply_intervention
@@ -218,7 +223,7 @@ def _measure_speed(model_dir: Path, spec, k_full: int, cfg: DemoConfig) -> dict:
 
     dense = timed()
     out = {}
-    for label, rule in (("sparse-core", "top"), ("sparse-random", "random")):
+    for label, (rule, k_full) in runs.items():
         heads = spec.with_selection(rule, k=k_full, seed=cfg.seed).heads
         iv = apply_intervention(model, heads, "text_only", window=cfg.window, sink=cfg.sink)
         out[label] = round(dense / timed(), 3)

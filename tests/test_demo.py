@@ -32,7 +32,7 @@ def test_demo_runs_end_to_end_and_resumes(tmp_path, tiny_dir):
     md = (report / "report.md").read_text()
     assert "Spearman(RAM, single-head log-prob drop)" in md and "text_only" in md
     speed = json.loads((out / "speed.json").read_text())
-    assert set(speed) == {"sparse-core", "sparse-random"} and all(v > 0 for v in speed.values())
+    assert set(speed) == {"sparse-core-10", "sparse-random-10"} and all(v > 0 for v in speed.values())
     # a rerun reuses every finished step (no scoring, no lm-eval run): seconds, not minutes
     stamp = {p: p.stat().st_mtime for p in (out / "runs").glob("*/*/results_*.json")}
     t = time.perf_counter()
