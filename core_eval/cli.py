@@ -83,19 +83,18 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_tiny)
     sub.add_parser("tasks-path", help="print the lm-eval task folder (for --include_path)").set_defaults(
         fn=_tasks_path)
+    from core_eval.probes import add_probe_arguments
+
     sc = sub.add_parser("score", help="score every LM head by RAM on probes -> head spec (resumable)")
     sc.add_argument("--model", required=True, help="checkpoint directory or cached model id")
-    sc.add_argument("--probes", default="grid_needle", help="probe family name or a JSONL file of your own")
     sc.add_argument("--out", required=True, help="head-spec JSON to write")
     sc.add_argument("--n", type=int, default=64)
-    sc.add_argument("--seed", type=int, default=0)
-    sc.add_argument("--knobs", default="{}", help='probe generator knobs as JSON, e.g. \'{"grid": 6}\'')
+    add_probe_arguments(sc)
     sc.add_argument("--query-rows", default="answer", choices=["answer", "last", "generate"])
     sc.add_argument("--only-correct", action="store_true", help="only samples the model answers correctly")
     sc.add_argument("--batch-size", type=int, default=8)
     sc.add_argument("--max-new-tokens", type=int, default=16, help="for --query-rows generate")
     sc.add_argument("--frac", type=float, default=0.05, help="default top selection written to the spec")
-    sc.add_argument("--image-root", default=None, help="base folder for relative image paths in a JSONL")
     sc.add_argument("--dtype", default=None)
     sc.add_argument("--device", default=None)
     sc.set_defaults(fn=_score)

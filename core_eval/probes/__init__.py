@@ -16,12 +16,12 @@ from core_eval.probes.families import (
     text_lookup,
 )
 from core_eval.probes.jsonl import read_jsonl, write_jsonl
-from core_eval.probes.hf import DEFAULT_N, custom_dataset, load_probe, probe_dataset, to_hf_dataset
+from core_eval.probes.hf import DEFAULT_N, add_probe_arguments, custom_dataset, load_probe, probe_dataset, to_hf_dataset
 
 __all__ = [
     "Box", "LazyImages", "ProbeArgumentError", "ProbeDataError", "ProbeSample", "probe_set_hash",
     "NUMBER_WORDS", "exact_match", "normalize_answer", "relaxed_match",
     "PROBE_FAMILIES", "count_control", "family_knobs", "generate", "grid_needle",
     "multi_image_needle", "text_lookup", "read_jsonl", "write_jsonl",
-    "DEFAULT_N", "custom_dataset", "load_probe", "probe_dataset", "to_hf_dataset",
+    "DEFAULT_N", "add_probe_arguments", "custom_dataset", "load_probe", "probe_dataset", "to_hf_dataset",
 ]

@@ -17,6 +17,15 @@ __all__ = ["DEFAULT_N", "load_probe", "to_hf_dataset", "probe_dataset", "custom_
 DEFAULT_N = 100
 
 
+def add_probe_arguments(parser, *, seed_help: str = "probe generator seed") -> None:
+    """The command-line options that pick a probe set for :func:`load_probe`: ``--probes``,
+    ``--seed``, ``--knobs`` (JSON) and ``--image-root`` (shared by score, causal and plot)."""
+    parser.add_argument("--probes", default="grid_needle", help="probe family name or a JSONL file of your own")
+    parser.add_argument("--seed", type=int, default=0, help=seed_help)
+    parser.add_argument("--knobs", default="{}", help='probe generator knobs as JSON, e.g. \'{"grid": 6}\'')
+    parser.add_argument("--image-root", default=None, help="base folder for relative image paths in a JSONL")
+
+
 def load_probe(name_or_path: str | os.PathLike, n: int | None = None, seed: int = 0, *,
                image_root: str | os.PathLike | None = None, **knobs: Any) -> list[ProbeSample]:
     """A registered family name (``n`` samples, default :data:`DEFAULT_N`) or a JSONL path

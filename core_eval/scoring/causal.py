@@ -611,6 +611,8 @@ def causal_scores(spec, name: str) -> np.ndarray:
 
 def add_causal_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``core-eval causal`` on an ``argparse`` subparsers object."""
+    from core_eval.probes import add_probe_arguments
+
     p = subparsers.add_parser(
         "causal", help="causal check of a RAM ranking: per-head ablation effects on the gold answer",
         description="Measure each head's effect on the gold answer (drop in log-probability and accuracy when "
@@ -618,11 +620,8 @@ def add_causal_parser(subparsers) -> argparse.ArgumentParser:
                     "into the head spec and report the rank correlation with RAM.")
     p.add_argument("--model", required=True, help="checkpoint directory or cached model id")
     p.add_argument("--spec", required=True, help="head spec with RAM scores")
-    p.add_argument("--probes", default="grid_needle", help="probe family name or a JSONL file")
     p.add_argument("--n", type=int, default=32, help="number of samples")
-    p.add_argument("--seed", type=int, default=0, help="probe seed and random-subset seed")
-    p.add_argument("--knobs", default="{}", help="probe generator knobs as JSON")
-    p.add_argument("--image-root", default=None, help="base folder for relative image paths in a JSONL")
+    add_probe_arguments(p, seed_help="probe seed and random-subset seed")
     p.add_argument("--mode", default="zero", choices=MODES, help="ablation mode")
     p.add_argument("--means", default=None, help="head-means file for --mode mean (default: <out>.means."
                    "safetensors if present, else computed on 16 grid_needle samples and saved there)")

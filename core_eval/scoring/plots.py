@@ -392,6 +392,8 @@ def add_plot_parser(subparsers) -> Any:
     ``fn=run_plot``. Returns the ``plot`` parser."""
     import argparse
 
+    from core_eval.probes import add_probe_arguments
+
     p = subparsers.add_parser("plot", help="PNG plots: RAM heatmap of a head spec, attention overlays",
                               description="PNG plots of RAM scores and of where heads look.")
     sub = p.add_subparsers(dest="plot_cmd", required=True)
@@ -405,11 +407,8 @@ def add_plot_parser(subparsers) -> Any:
     ov.add_argument("--model", required=True, help="checkpoint directory or cached model id")
     ov.add_argument("--spec", default=None, help="scored head spec: draws its top --k heads by --score")
     ov.add_argument("--heads", default=None, help="explicit heads instead of the spec's top k, e.g. '3:1,5:0'")
-    ov.add_argument("--probes", default="grid_needle", help="probe family name or a JSONL file")
     ov.add_argument("--index", type=int, default=0, help="which sample of the probe set")
-    ov.add_argument("--seed", type=int, default=0, help="probe generator seed")
-    ov.add_argument("--knobs", default="{}", help="probe generator knobs as JSON")
-    ov.add_argument("--image-root", default=None, help="base folder for relative image paths in a JSONL")
+    add_probe_arguments(ov)
     ov.add_argument("--k", type=int, default=4, help=f"number of top heads (at most {MAX_PANELS})")
     ov.add_argument("--score", default="ram", help="spec score array that ranks the heads")
     ov.add_argument("--rows", default="answer", choices=list(ROWS), help="query rows whose attention is drawn")
