@@ -59,3 +59,35 @@ def tiny_loaded(tiny_dir):
         return cache[family]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def tiny_sdpa_eager(tiny_dir):
+    """Factory fixture: ``tiny_sdpa_eager(family) -> (dir, sdpa model, eager model, processor)``,
+    the same weights loaded twice (the eager one is the ``output_attentions`` reference)."""
+    from core_eval.testing import load_tiny
+
+    cache = {}
+
+    def get(family: str):
+        if family not in cache:
+            d = tiny_dir(family)
+            model, proc = load_tiny(d)
+            eager, _ = load_tiny(d, attn_implementation="eager")
+            cache[family] = (d, model, eager, proc)
+        return cache[family]
+
+    return get
+
+
+def visual_or_stand_in(model, ids):
+    """Visual-token mask ``(B, T)`` of ``ids``; for a text model, prompt positions 20..59 stand in."""
+    import torch
+
+    from core_eval.adapters import adapter_for
+
+    v = adapter_for(model).visual_mask(ids)
+    if not v.any():
+        v = torch.zeros_like(ids, dtype=torch.bool)
+        v[:, 20:60] = True
+    return v

@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_FAMILIES
+from conftest import ALL_FAMILIES, visual_or_stand_in
 from PIL import Image
 
 from core_eval.adapters import adapter_for
@@ -34,7 +34,6 @@ from core_eval.scoring.plots import (
     top_heads,
 )
 from core_eval.spec import spec_from_scores
-from core_eval.testing import load_tiny
 
 
 def _answer_rows(amask):
@@ -73,26 +72,8 @@ def _cli(argv):
 
 
 @pytest.fixture(scope="module")
-def models(tiny_dir):
-    cache = {}
-
-    def get(family):
-        if family not in cache:
-            d = tiny_dir(family)
-            model, proc = load_tiny(d)
-            eager, _ = load_tiny(d, attn_implementation="eager")
-            cache[family] = (d, model, eager, proc)
-        return cache[family]
-
-    return get
-
-
-def _visual_of(model, ids):
-    v = adapter_for(model).visual_mask(ids)
-    if not v.any():  # text model: a stand-in "image"
-        v = torch.zeros_like(ids, dtype=torch.bool)
-        v[:, 20:60] = True
-    return v
+def models(tiny_sdpa_eager):
+    return tiny_sdpa_eager
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
@@ -103,7 +84,7 @@ def test_kept_rows_match_eager_attentions(models, family):
     inputs, amask, _ = encode_teacher_forced(proc, samples)
     inputs = dict(inputs)
     ids = inputs["input_ids"]
-    visual = _visual_of(model, ids)
+    visual = visual_or_stand_in(model, ids)
     g = torch.Generator().manual_seed(0)
     region = visual & (torch.rand(visual.shape, generator=g) < 0.5)
     rows = _answer_rows(amask)

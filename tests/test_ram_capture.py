@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES
+from conftest import ALL_FAMILIES, visual_or_stand_in
 
 from core_eval.adapters import adapter_for
 from core_eval.probes import generate
 from core_eval.prompting import encode_teacher_forced
 from core_eval.scoring.capture import RamCapture
-from core_eval.testing import load_tiny
 
 
 def random_region(visual: torch.Tensor, seed=0) -> torch.Tensor:
@@ -46,14 +45,12 @@ def reference_mass(attentions, rows, region, visual):
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_dir):
+def setup(tiny_sdpa_eager):
     cache = {}
 
     def get(family):
         if family not in cache:
-            d = tiny_dir(family)
-            model, proc = load_tiny(d)
-            eager, _ = load_tiny(d, attn_implementation="eager")
+            _, model, eager, proc = tiny_sdpa_eager(family)
             samples = generate("grid_needle", 2, seed=3, grid=3, image_size=96)
             samples[1].answer = samples[1].answer + " " + samples[1].answer  # different lengths
             inputs, amask, _ = encode_teacher_forced(proc, samples)
@@ -63,12 +60,7 @@ def setup(tiny_dir):
     return get
 
 
-def visual_of(model, ids):
-    v = adapter_for(model).visual_mask(ids)
-    if not v.any():  # text model: pretend some prompt tokens are the "image"
-        v = torch.zeros_like(ids, dtype=torch.bool)
-        v[:, 20:60] = True
-    return v
+visual_of = visual_or_stand_in
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)
