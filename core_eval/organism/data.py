@@ -18,10 +18,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core_eval.organism import ANSWER_INSTRUCTION, TASK_KNOBS
-from core_eval.probes import exact_match, generate
+from core_eval.probes import exact_match, first_line, generate
 
-__all__ = ["Prompted", "FAMILIES", "CHANCE", "make_samples", "text_page", "first_line",
-           "is_correct"]
+__all__ = ["Prompted", "FAMILIES", "CHANCE", "make_samples", "text_page", "is_correct"]
 
 #: Families the organism is trained and evaluated on (text_needle is text-only).
 FAMILIES = ("grid_needle", "count_control", "multi_image_needle", "text_needle")
@@ -78,13 +77,6 @@ def make_samples(family: str, n: int, seed: int, *, style: str = "lm_eval",
                             aliases=list(s.aliases), family=family, meta=s.meta,
                             boxes=list(s.boxes)))
     return out
-
-
-def first_line(s: str) -> str:
-    for line in str(s).strip().splitlines():
-        if line.strip():
-            return line.strip()
-    return ""
 
 
 def is_correct(pred: str, sample) -> bool:

@@ -24,10 +24,10 @@ import torch
 __all__ = ["group_ablation", "render", "main"]
 
 
-def _ranked(a: np.ndarray, *, valid: np.ndarray | None = None) -> list[tuple[int, int]]:
+def _ranked(a: np.ndarray) -> list[tuple[int, int]]:
+    """Every (layer, head), highest score first (ties: lower index first)."""
     L, H = a.shape
-    heads = [(l, h) for l in range(L) for h in range(H) if valid is None or valid[l, h]]
-    return sorted(heads, key=lambda x: (-a[x], x))
+    return sorted(((l, h) for l in range(L) for h in range(H)), key=lambda x: (-a[x], x))
 
 
 def group_ablation(model, processor, samples, head_sets: dict[str, list]) -> dict[str, float]:

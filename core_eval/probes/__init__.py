@@ -10,7 +10,7 @@
 """
 
 from core_eval.probes.types import Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample, probe_set_hash
-from core_eval.probes.metrics import NUMBER_WORDS, exact_match, normalize_answer, relaxed_match
+from core_eval.probes.metrics import NUMBER_WORDS, exact_match, first_line, normalize_answer, relaxed_match
 from core_eval.probes.families import (
     PROBE_FAMILIES, count_control, family_knobs, generate, grid_needle, multi_image_needle,
     text_lookup,
@@ -20,7 +20,7 @@ from core_eval.probes.hf import DEFAULT_N, add_probe_arguments, custom_dataset, 
 
 __all__ = [
     "Box", "LazyImages", "ProbeArgumentError", "ProbeDataError", "ProbeSample", "probe_set_hash",
-    "NUMBER_WORDS", "exact_match", "normalize_answer", "relaxed_match",
+    "NUMBER_WORDS", "exact_match", "first_line", "normalize_answer", "relaxed_match",
     "PROBE_FAMILIES", "count_control", "family_knobs", "generate", "grid_needle",
     "multi_image_needle", "text_lookup", "read_jsonl", "write_jsonl",
     "DEFAULT_N", "add_probe_arguments", "custom_dataset", "load_probe", "probe_dataset", "to_hf_dataset",

@@ -6,7 +6,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-__all__ = ["normalize_answer", "exact_match", "relaxed_match", "NUMBER_WORDS"]
+__all__ = ["normalize_answer", "exact_match", "relaxed_match", "first_line", "NUMBER_WORDS"]
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
@@ -28,6 +28,14 @@ def normalize_answer(s) -> str:
 def _candidates(gold, aliases) -> list[str]:
     out = [normalize_answer(gold)] + [normalize_answer(a) for a in (aliases or ())]
     return [c for c in out if c]
+
+
+def first_line(s) -> str:
+    """The first non-empty line of a generation, stripped (what the probe tasks' exact match reads)."""
+    for line in str(s).strip().splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
 
 
 def exact_match(pred, gold, aliases: Iterable[str] = ()) -> bool:
