@@ -31,6 +31,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from core_eval.adapters import Family, register_family
 from core_eval.attention.function import core_eval_attention
+from core_eval.attention.cache_kwarg import cache_kwarg
 from core_eval.attention.hybrid import HybridCache
 from core_eval.intervene import apply_intervention
 from core_eval.spec import select_heads
@@ -74,7 +75,7 @@ def run(model, inputs, decode_steps, hybrid=None):
     with torch.no_grad():
         _ATTN_TIME[0] = 0.0
         t = time.process_time()
-        out = model(**inputs, past_key_values=cache, use_cache=True, logits_to_keep=1)  # as generate() prefills
+        out = model(**inputs, **{cache_kwarg(model): cache}, use_cache=True, logits_to_keep=1)  # as generate() prefills
         prefill, prefill_attn = time.process_time() - t, _ATTN_TIME[0]
         kv = cache.kv_bytes() if hybrid else sum((l.keys.numel() + l.values.numel()) * l.keys.element_size()
                                                   for l in cache.layers)
@@ -85,7 +86,7 @@ def run(model, inputs, decode_steps, hybrid=None):
             mask = torch.cat([mask, torch.ones_like(tok)], 1)
             _ATTN_TIME[0] = 0.0
             t = time.process_time()
-            out = model(input_ids=tok, attention_mask=mask, past_key_values=cache, use_cache=True)
+            out = model(input_ids=tok, attention_mask=mask, **{cache_kwarg(model): cache}, use_cache=True)
             steps.append(time.process_time() - t)
             attn.append(_ATTN_TIME[0])
             tok = out.logits[:, -1:].argmax(-1)

@@ -12,6 +12,7 @@ from transformers import DynamicCache
 import oracles
 from core_eval import load
 from core_eval.adapters import adapter_for
+from core_eval.attention.cache_kwarg import cache_kwarg
 from core_eval.attention.hybrid import HybridCache, HybridLayer, Pattern
 from core_eval.intervene import apply_intervention
 
@@ -125,12 +126,12 @@ def test_hybrid_cache_holds_less(models, family):
         for l in iv.variant.hybrid_layers:
             adapter_for(model).attention(l)._core_eval_compute.cache_layer = cache.layers[l]
         with torch.no_grad():
-            model(**inputs, past_key_values=cache, use_cache=True)
+            model(**inputs, **{cache_kwarg(model): cache}, use_cache=True)
         dense_cache = DynamicCache(config=model.config)
     finally:
         iv.remove()
     with torch.no_grad():
-        model(**inputs, past_key_values=dense_cache, use_cache=True)
+        model(**inputs, **{cache_kwarg(model): dense_cache}, use_cache=True)
     dense_bytes = sum((l.keys.numel() + l.values.numel()) * 4 for l in dense_cache.layers)
     assert cache.kv_bytes() < 0.5 * dense_bytes
     for layer in cache.layers:  # sparse heads keep at most the sinks + the window per row

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import torch
 
+from core_eval.attention.cache_kwarg import cache_in
+
 
 class SequenceTracker:
     """Tracks which absolute positions hold visual tokens; install with :meth:`install`."""
@@ -32,7 +34,7 @@ class SequenceTracker:
         if input_ids is None:
             self.flags = None  # inputs_embeds only: positions unknown (patches that need them raise)
             return
-        cache = kwargs.get("past_key_values")
+        cache = cache_in(kwargs)
         prefill = cache is None or cache.get_seq_length() == 0
         new = self._visual_mask_fn(input_ids)
         if prefill or self.flags is None or self.flags.shape[0] != new.shape[0]:

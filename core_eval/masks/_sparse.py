@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from core_eval.attention.cache_kwarg import cache_in, cache_kwarg
 from core_eval.attention.hybrid import HybridAttention, HybridCache, Pattern
 from core_eval.masks.base import Variant, VariantError
 
@@ -71,11 +72,11 @@ class SparseVariant(Variant):
 
         def wrapper(generate):
             def hybrid_generate(*args, **kwargs):
-                if kwargs.get("past_key_values") is None:
+                if cache_in(kwargs) is None:
                     cache = HybridCache(config, {l: (a.n_full_kv, a.pattern) for l, a in hybrid.items()})
                     for l, a in hybrid.items():
                         a.cache_layer = cache.layers[l]
-                    kwargs["past_key_values"] = cache
+                    kwargs[cache_kwarg(patcher.model)] = cache
                 return generate(*args, **kwargs)
 
             return hybrid_generate
