@@ -1,6 +1,6 @@
 """RAM capture vs a plain forward vs the naive output_attentions path, side by side.
 
-A ~100M-parameter LLaVA-shaped random model (Vicuna-like LM: 12 layers x 12 heads, hidden 768,
+A ~163M-parameter LLaVA-shaped random model (Vicuna-like LM: 12 layers x 12 heads, hidden 768,
 113M parameters in its decoder layers, 163M with the 32k-token embeddings and LM head; a tiny
 CLIP tower so the LM dominates), one prompt of ``--tokens`` tokens of which 576 are
 visual (a 24 x 24 patch grid); the target region is a 6 x 6 block of it (36 tokens); the query

@@ -1,6 +1,6 @@
 """Dense vs hybrid sparse attention on the same model and inputs, measured side by side.
 
-Two ~100M-parameter random LM shapes (12 layers, hidden 768): multi-head attention (12 query =
+Two random LM shapes of ~162M / ~153M parameters (12 layers, hidden 768): multi-head attention (12 query =
 12 KV heads, like LLaVA-1.5's Vicuna) and grouped-query attention (12 query / 4 KV heads). The
 prompt is a few text tokens around ``N`` visual tokens (ids the benchmark's family entry marks as
 visual). For each size and CoRe fraction (full heads = top by a seeded random score, mapped to KV

@@ -142,7 +142,10 @@ class Plan:
             means_record = _compute_default_means(model, processor, self.variant, self.spec_path,
                                                   self.means_probes, self.means_n)
         elif self.variant.name == "mean" and isinstance(self.variant.config.get("means"), (str, Path)):
-            means_record = {"path": str(self.variant.config["means"])}
+            from core_eval.means import head_means_metadata
+
+            path = str(self.variant.config["means"])
+            means_record = {**head_means_metadata(path), "path": path}  # reused: how it was computed
         provenance = {
             "model": {"name_or_path": self.pretrained, "revision": self.revision,
                       "architecture": type(model).__name__},

@@ -72,6 +72,14 @@ def save_head_means(path: str | os.PathLike, means: torch.Tensor, metadata: dict
     return Path(path)
 
 
+def head_means_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata stored with the means (e.g. ``probes``, ``n``, ``probe_hash``)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return dict(f.metadata() or {})
+
+
 def load_head_means(path: str | os.PathLike) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import core_eval
 from core_eval.adapters import shape_from_config
 from core_eval.loading import load_config
 from core_eval.spec import spec_from_scores
@@ -50,6 +51,9 @@ def make_spec(model_dir: Path, path: Path) -> Path:
                             shape=shape, frac=0.25).write(path)
 
 
+# the core_hf model args the README documents
+README_CORE_ARGS = ("head_spec", "heads", "frac", "k", "threshold", "seed", "ablation", "means", "sparse", "sink",
+                    "window", "kv_policy")
 COMMON = ["--include_path", TASKS, "--batch_size", 2, "--apply_chat_template", "--log_samples"]
 
 
@@ -66,6 +70,7 @@ def test_core_hf_runs_probe_tasks_with_a_head_spec(tmp_path, tiny_dir, family, t
     assert core["variant"]["name"] == "zero" and core["selection"]["rule"] == "top"
     assert core["n_heads"] == 3 and core["spec"]["hash"] and core["spec"]["path"] == str(spec)
     assert core["family"] == ("text" if family == "llama" else family)
+    assert core["core_eval_version"] == core_eval.__version__ and core_eval.__version__
     assert "exact_match,none" in r["results"][task]
     assert len(samples(out, task)) == 3
 
@@ -117,6 +122,10 @@ def test_bad_model_args_fail_before_weights_load(weightless, args, needle):
     assert proc.returncode != 0
     assert needle in proc.stderr
     assert "Loading weights" not in proc.stderr and "model.safetensors" not in proc.stderr  # never reached them
+    if "unknown model_args" in needle:  # the error lists the valid names: ours (README) and lm-eval's
+        valid = proc.stderr[proc.stderr.index("unknown model_args"):]
+        for name in README_CORE_ARGS + ("pretrained", "batch_size", "dtype", "max_length", "device_map"):
+            assert f"{name} (" in valid or f" {name}," in valid or f" {name}." in valid, name
 
 
 def test_valid_args_on_weightless_checkpoint_do_reach_loading(weightless):
