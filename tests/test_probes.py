@@ -202,6 +202,68 @@ def test_text_lookup_box_contains_the_value_text(knobs):
         assert (right == 255).all()
 
 
+@pytest.mark.parametrize("knobs", [
+    {"layout": "table", "n_rows": 16, "value_kind": "number", "value_len": 1},
+    {"layout": "table", "n_rows": 7, "value_kind": "code", "value_len": 3, "image_size": 600},
+])
+def test_text_lookup_table_layout(knobs):
+    """Table layout: each entry in its own cell as key letter + value, box = the value's glyphs
+    (the value rendered alone at the cell's scale), the key's glyph just left of it."""
+    from core_eval.probes import KEY_LETTERS
+
+    for s in generate("text_lookup", 4, seed=6, **knobs):
+        rows, g = s.meta["rows"], s.meta["grid"]
+        assert len(rows) == knobs["n_rows"] and g * g >= len(rows) > (g - 1) ** 2
+        keys, values = [r["key"] for r in rows], [r["value"] for r in rows]
+        assert len(set(keys)) == len(keys) and set(keys) <= set(KEY_LETTERS)
+        if knobs["value_len"] > 1:  # distinct when enough values exist (not 16 one-digit ones)
+            assert len(set(values)) == len(values)
+        assert all(len(v) == knobs["value_len"] for v in values)
+        assert values[keys.index(s.meta["key"])] == s.answer
+        assert f"value of {s.meta['key']}?" in s.question
+        a = arr(s.images[0])
+        cell = s.images[0].width // g
+        cells = [r_ * g + c_ for r_, c_ in (r["cell"] for r in rows)]
+        assert cells == sorted(set(cells)) and all(0 <= c < g * g for c in cells)
+        for r in rows:
+            x0, y0, x1, y1 = r["value_box"]
+            sc = (y1 - y0) // 11  # the bitmap font's line height is 11 px
+            np.testing.assert_array_equal(a[y0:y1, x0:x1], arr(render_text(r["value"], sc)))
+            kx0 = x0 - 6 * sc  # one glyph to the left: the key letter
+            if r["value"][0].isdigit():  # (some letter glyphs overhang into the previous one)
+                np.testing.assert_array_equal(a[y0:y1, kx0:x0], arr(render_text(r["key"], sc)))
+            cy, cx = r["cell"]
+            assert cx * cell <= kx0 and x1 <= (cx + 1) * cell and cy * cell <= y0 and y1 <= (cy + 1) * cell
+        b = s.boxes[0]
+        assert [b.x0, b.y0, b.x1, b.y1] == rows[s.meta["row"]]["value_box"]
+
+
+def test_text_lookup_table_side_keeps_the_cell_size():
+    """``table_side`` fixes the table (so the cell size) whatever the number of entries."""
+    for n in (3, 16):
+        s = generate("text_lookup", 1, seed=1, layout="table", n_rows=n, table_side=4,
+                     value_kind="number", value_len=1)[0]
+        a = arr(s.images[0])
+        grey = colour_mask(a, GRID_LINE)
+        assert s.meta["grid"] == 4 and len(s.meta["rows"]) == n
+        for j in range(1, 4):  # table lines at every quarter
+            assert grey[:, 112 * j - 1].mean() > 0.9 and grey[112 * j - 1, :].mean() > 0.9
+        inked = {(y // 112, x // 112) for y, x in np.argwhere((a < 100).all(-1))}
+        assert inked == {tuple(r["cell"]) for r in s.meta["rows"]}
+    with pytest.raises(ValueError, match="table_side"):
+        generate("text_lookup", 1, layout="table", n_rows=10, table_side=3)
+
+
+def test_text_lookup_table_repeats_values_only_when_it_must():
+    s = generate("text_lookup", 1, seed=0, layout="table", n_rows=16, value_kind="number", value_len=1)[0]
+    values = [r["value"] for r in s.meta["rows"]]
+    assert len(values) == 16 and set(values) <= set("123456789")  # 9 one-digit values for 16 keys
+    with pytest.raises(ValueError, match="table cells too small"):
+        generate("text_lookup", 1, layout="table", n_rows=16, value_len=12, image_size=128)
+    with pytest.raises(ValueError, match="layout"):
+        generate("text_lookup", 1, layout="grid")
+
+
 def test_text_lookup_rows_knob_changes_line_count():
     for n in (3, 10):
         s = generate("text_lookup", 1, seed=0, n_rows=n)[0]

@@ -107,9 +107,10 @@ def test_last_row_mode_matches_reference(setup, family):
     torch.testing.assert_close(cap.result()["visual_mass"], want_v, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("family", ALL_FAMILIES)
-def test_greedy_generate_rows_match_reference(setup, family):
-    model, eager, proc, inputs, amask = setup(family)
+def _generate_matches_reference(model, eager, inputs, amask, m=5):
+    """Greedy ``generate`` with decode-step capture == the eager reference over the generated
+    sequence, and generate's tokens and logits == those without the capture. Returns the
+    ``(layer, query_len, key_len)`` of every observed attention call."""
     keep = ~amask  # prompt only (left padding stays left)
     T0 = int(keep.sum(1).max())
     prompt = {k: (v[:, :T0] if isinstance(v, torch.Tensor) and v.dim() == 2 and v.shape[1] == amask.shape[1] else v)
@@ -121,10 +122,24 @@ def test_greedy_generate_rows_match_reference(setup, family):
     cap = RamCapture(model)
     if not adapter_for(model).visual_mask(ids).any():
         cap.tracker._visual_mask_fn = lambda x: visual if x.shape[1] == T0 else torch.zeros_like(x, dtype=torch.bool)
-    m = 5
-    with torch.no_grad(), cap:
-        cap.reset(region, last, capture_decode=True)
-        seq = model.generate(**prompt, max_new_tokens=m, min_new_tokens=m, do_sample=False)
+    calls, observe = [], cap.observe
+
+    def spy(layer, query, key, *a, **k):
+        calls.append((layer, query.shape[2], key.shape[2]))
+        return observe(layer, query, key, *a, **k)
+
+    cap.observe = spy
+    gen = dict(max_new_tokens=m, min_new_tokens=m, do_sample=False, return_dict_in_generate=True, output_logits=True)
+    with torch.no_grad():
+        with cap:
+            cap.reset(region, last, capture_decode=True)
+            out = model.generate(**prompt, **gen)
+        plain = model.generate(**prompt, **gen)
+    seq = out.sequences
+    # the capture never changes what generate computes: same tokens, bit-identical logits
+    assert torch.equal(seq, plain.sequences)
+    assert len(out.logits) == len(plain.logits) == m
+    assert all(torch.equal(a, b) for a, b in zip(out.logits, plain.logits))
     assert seq.shape[1] == T0 + m and len(cap.steps_ram) == m - 1
     got = cap.result()
     full = dict(prompt)
@@ -147,3 +162,32 @@ def test_greedy_generate_rows_match_reference(setup, family):
     part = cap.result(valid)
     want0, _ = reference_mass([a[:1] for a in ref.attentions], rows[:1, :3], region_f[:1], visual_f[:1])
     torch.testing.assert_close(part["ram"][:1], want0, atol=1e-5, rtol=0)
+    return calls
+
+
+@pytest.mark.parametrize("family", ALL_FAMILIES)
+def test_greedy_generate_rows_match_reference(setup, family):
+    model, eager, proc, inputs, amask = setup(family)
+    _generate_matches_reference(model, eager, inputs, amask)
+
+
+def test_gemma3_sliding_window_decode_matches_reference(tiny_dir, setup):
+    """Gemma 3 with a window shorter than the prompt: in decode the sliding layers' cache holds only
+    the last positions (the oldest visual tokens drop out), and the capture still matches eager."""
+    from core_eval.testing import load_tiny
+
+    *_, inputs, amask = setup("gemma3")  # same prompts; the window does not change the weights' shapes
+    window = 150
+    d = tiny_dir("gemma3", sliding_window=window)
+    model, _ = load_tiny(d)
+    eager, _ = load_tiny(d, attn_implementation="eager")
+    kinds = adapter_for(model).text_config.layer_types
+    assert "sliding_attention" in kinds and "full_attention" in kinds
+    T0 = int((~amask).sum(1).max())
+    visual = visual_of(model, inputs["input_ids"][:, :T0])
+    assert visual[:, : T0 - window].any()  # the window cuts visual tokens out of the answer rows
+    calls = _generate_matches_reference(model, eager, inputs, amask)
+    decode = [(layer, kv) for layer, q, kv in calls if q == 1]
+    assert decode
+    for layer, kv in decode:  # sliding cache: at most the window; full cache: every position so far
+        assert (kv <= window) if kinds[layer] == "sliding_attention" else (kv > T0), (layer, kv)

@@ -8,10 +8,14 @@
 3. Bad probe rows are all reported, by line number, before any model is loaded.
 4. ``core-eval select`` derives top / bottom / random / layer-matched random sets.
 5. ``--only-correct`` with nothing correct is a clear error; ``aggregate`` on hand-made arrays.
+6. The spec records its provenance, and with no ``frac``/``k`` selects the top 5% by RAM.
+7. ``--probes <lm-eval task>`` scores the task's own samples layout (its YAML knobs) at the score seed.
 """
 
 from __future__ import annotations
 
+import importlib.metadata
+import importlib.util
 import json
 import os
 import re
@@ -25,14 +29,33 @@ import numpy as np
 import pytest
 import scoring_planted as P
 import torch
+import yaml
 
 from core_eval.cli import main as cli_main
+from core_eval.probes import generate, probe_set_hash, read_jsonl
+from core_eval.resources import tasks_dir
 from core_eval.scoring.ram import ScoreConfig, aggregate, score
 from core_eval.spec import load_head_spec
 
 PLANTED = [(0, 1), (0, 2), (1, 3)]
 SCORE_KEYS = ("ram", "lift", "visual_mass", "std", "n")
 GRID_KNOBS = {"grid": 3, "image_size": 96}
+
+
+def _check_provenance(scorer: dict, *, seed: int, probe_hash: str, query_rows: str = "answer") -> None:
+    assert scorer["seed"] == seed and scorer["probe_hash"] == probe_hash
+    assert scorer["query_rows"] == query_rows and scorer["dtype"] == "float32"  # the tiny models' dtype
+    assert scorer["core_eval_version"] == importlib.metadata.version("core-eval")
+
+
+def _expected_top(spec, frac: float) -> list[tuple[int, int]]:
+    """DESIGN §3 by hand: the round-half-up(frac x heads) (>= 1) best heads by RAM, ties by lift."""
+    ram, lift = np.asarray(spec.scores["ram"]), np.asarray(spec.scores["lift"])
+    L, H = ram.shape
+    k = max(1, int(frac * L * H + 0.5))
+    ranked = sorted(((layer, h) for layer in range(L) for h in range(H)),
+                    key=lambda x: (-ram[x], -lift[x], x))
+    return sorted(ranked[:k])
 
 
 # --------------------------------------------------------------------------- 1. planted heads
@@ -100,7 +123,9 @@ def test_planted_heads_rank_on_top(planted, planted_spec):
     assert (np.asarray(disk.scores["n"]) == 12).all()
     assert np.asarray(disk.scores["std"]).max() < 0.5
     sc = disk.scorer
-    assert sc["name"] == "ram-v1" and sc["query_rows"] == "answer"
+    assert sc["name"] == "ram-v1"
+    _, probes, _ = planted
+    _check_provenance(sc, seed=0, probe_hash=probe_set_hash(read_jsonl(probes)))
     assert sc["n_samples"] == 12 and sc["n_used"] == 12 and sc["dropped_empty_region"] == 0
     assert disk.model["num_layers"] == 3 and disk.model["num_heads"] == 4
 
@@ -301,6 +326,11 @@ def test_only_correct_with_nothing_correct(tiny_dir, tmp_path, capsys):
     assert spec.scorer["only_correct"] is False and spec.scorer["accuracy"] == 0.0
     assert spec.scorer["n_used"] == 4
     assert not Path(str(out) + ".partial").exists()
+    # provenance, and the default selection (no --frac / --k): the top 5% by RAM
+    _check_provenance(spec.scorer, seed=0, probe_hash=probe_set_hash(generate("grid_needle", 4, seed=0, **GRID_KNOBS)))
+    assert spec.scorer["probes"] == "grid_needle" and spec.scorer["knobs"] == GRID_KNOBS
+    assert spec.selection["rule"] == "top" and spec.selection["frac"] == 0.05
+    assert sorted(map(tuple, spec.heads)) == _expected_top(spec, 0.05)
 
 
 def _per_sample():
@@ -393,3 +423,32 @@ def test_cli_probe_argument_errors_are_clean(tmp_path, capsys, extra):
     rc = cli_main(["score", "--model", str(tmp_path / "m"), "--out", str(tmp_path / "s.json"), *extra])
     assert rc == 2
     assert "core-eval score: error:" in capsys.readouterr().err
+
+
+# --------------------------------------------------------------------------- 7. an lm-eval task as the probe set
+
+
+def test_score_with_task_name(tiny_dir, tmp_path, capsys):
+    """``--probes core_grid_needle_8x8``: the samples of the task's own dataset hook at the score seed
+    (0, not the task's 1000), the YAML's knobs in the spec; 40 heads, so the default 5% is 2 heads."""
+    task = "core_grid_needle_8x8"
+    path = tasks_dir() / f"{task}.yaml"
+    kw = yaml.safe_load("\n".join(l for l in path.read_text().splitlines() if "!function" not in l))["dataset_kwargs"]
+    spec_file = importlib.util.spec_from_file_location("core_task_utils_for_scoring", tasks_dir() / "utils.py")
+    tu = importlib.util.module_from_spec(spec_file)
+    spec_file.loader.exec_module(tu)
+    model = tiny_dir("llava", layers=5, heads=8)
+    out = tmp_path / "spec.json"
+    rc = cli_main(["score", "--model", str(model), "--out", str(out), "--probes", task, "--n", "4",
+                   "--batch-size", "4"])
+    assert rc == 0, capsys.readouterr().err[-3000:]
+    spec = load_head_spec(out)
+    sc = spec.scorer
+    own = tu._samples(**kw, core_probe_seed=0, core_probe_n=4)  # what the task's probe_dataset serves
+    _check_provenance(sc, seed=0, probe_hash=probe_set_hash(own))
+    assert sc["knobs"] == kw["probe_knobs"] and sc["knobs"]["grid"] == 8
+    assert sc["probes"] == task
+    assert sc["probe_task"] == {"name": task, "family": kw["probe_family"], "eval_seed": kw["probe_seed"]}
+    assert np.asarray(spec.scores["ram"]).shape == (5, 8)
+    assert spec.selection["rule"] == "top" and spec.selection["frac"] == 0.05
+    assert len(spec.heads) == 2 and sorted(map(tuple, spec.heads)) == _expected_top(spec, 0.05)

@@ -30,7 +30,9 @@ VISUAL_TASKS = {  # task -> (family, n_images)
     "core_multi_image_needle_right_of": ("multi_image_needle", 3),
     "core_text_lookup_24rows": ("text_lookup", 1),
     "core_count_control_dense": ("count_control", 1),
+    "core_text_lookup_table": ("text_lookup", 1),
 }
+STANDALONE = ["core_text_lookup_table"]  # visual tasks in no group
 TEXT_TASKS = {"core_text_needle": "generate_until", "core_text_needle_mc": "multiple_choice",
               "core_text_needle_48rows": "generate_until"}
 GROUPS = {
@@ -146,7 +148,7 @@ def test_yamls_parse_and_build():
                      metadata={"core_probe_n": 3})
     assert set(VISUAL_TASKS) | set(TEXT_TASKS) <= set(tm.all_subtasks)
     assert set(GROUPS) <= set(tm.all_groups)
-    loaded = tm.load(list(GROUPS) + list(TEXT_TASKS))
+    loaded = tm.load(list(GROUPS) + list(TEXT_TASKS) + STANDALONE)
     assert set(loaded["tasks"]) == set(VISUAL_TASKS) | set(TEXT_TASKS)
     assert {g: sorted(c) for g, c in loaded["group_map"].items()} == \
            {g: sorted(c) for g, c in GROUPS.items()}

@@ -5,6 +5,8 @@
 - Synthetic families (deterministic in seed + knobs): ``grid_needle``, ``multi_image_needle``,
   ``text_lookup``, ``count_control``; ``generate(family, n, seed=0, **knobs)``.
 - User data: :func:`read_jsonl` (validates every row), :func:`write_jsonl`.
+- lm-eval probe tasks of ``task_configs``: :func:`probe_tasks`, :func:`resolve_probes` (task name ->
+  family + YAML knobs; :func:`load_probe` takes task names too).
 - :func:`to_hf_dataset`, :func:`load_probe`, :func:`custom_dataset` (lm-eval hook).
 - :func:`exact_match`, :func:`relaxed_match`; :func:`probe_set_hash` for head specs.
 """
@@ -12,16 +14,17 @@
 from core_eval.probes.types import Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample, probe_set_hash
 from core_eval.probes.metrics import NUMBER_WORDS, exact_match, first_line, normalize_answer, relaxed_match
 from core_eval.probes.families import (
-    PROBE_FAMILIES, count_control, family_knobs, generate, grid_needle, multi_image_needle,
-    text_lookup,
+    KEY_LETTERS, KEY_WORDS, PROBE_FAMILIES, count_control, family_knobs, generate, grid_needle,
+    multi_image_needle, text_lookup,
 )
 from core_eval.probes.jsonl import read_jsonl, write_jsonl
+from core_eval.probes.tasks import ProbeTask, probe_tasks, resolve_probes
 from core_eval.probes.hf import DEFAULT_N, add_probe_arguments, custom_dataset, load_probe, probe_dataset, to_hf_dataset
 
 __all__ = [
     "Box", "LazyImages", "ProbeArgumentError", "ProbeDataError", "ProbeSample", "probe_set_hash",
     "NUMBER_WORDS", "exact_match", "first_line", "normalize_answer", "relaxed_match",
-    "PROBE_FAMILIES", "count_control", "family_knobs", "generate", "grid_needle",
-    "multi_image_needle", "text_lookup", "read_jsonl", "write_jsonl",
+    "KEY_LETTERS", "KEY_WORDS", "PROBE_FAMILIES", "count_control", "family_knobs", "generate", "grid_needle",
+    "multi_image_needle", "text_lookup", "read_jsonl", "write_jsonl", "ProbeTask", "probe_tasks", "resolve_probes",
     "DEFAULT_N", "add_probe_arguments", "custom_dataset", "load_probe", "probe_dataset", "to_hf_dataset",
 ]

@@ -26,7 +26,7 @@ from core_eval.probes.metrics import NUMBER_WORDS
 from core_eval.probes.types import Box, ProbeArgumentError, ProbeSample
 
 __all__ = ["PROBE_FAMILIES", "generate", "family_knobs", "grid_needle", "multi_image_needle",
-           "text_lookup", "count_control", "KEY_WORDS"]
+           "text_lookup", "count_control", "KEY_WORDS", "KEY_LETTERS"]
 
 PROBE_FAMILIES: dict[str, Callable[..., list[ProbeSample]]] = {}
 _TYPES = [(c, s) for c in PALETTE for s in SHAPES]
@@ -42,6 +42,8 @@ KEY_WORDS = (
     "walnut", "willow", "winter", "zephyr",
 )
 _CODE_CHARS = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"  # no O/0, I/1
+#: Keys of the ``text_lookup`` table layout: capital letters that no digit resembles.
+KEY_LETTERS = "ABCDEFGHJKLMNPQRTUVWXY"
 
 
 def _rng(family: str, seed: int, i: int) -> random.Random:
@@ -313,11 +315,24 @@ def _text_layout(k):
 
 
 def _check_text(k):
-    _int(k, "n_rows", 1, len(KEY_WORDS))
+    _choice(k, "layout", ("page", "table"))
     _int(k, "image_size", 64, 4096)
     _int(k, "font_scale", 1, 8)
-    _int(k, "value_len", 2, 12)
     _choice(k, "value_kind", ("code", "number", "mixed"))
+    _int(k, "table_side", 0, 16)
+    if k["layout"] == "table":
+        _int(k, "n_rows", 1, len(KEY_LETTERS))
+        _int(k, "value_len", 1, 12)
+        g = k["table_side"] or math.ceil(math.sqrt(k["n_rows"]))
+        if g * g < k["n_rows"]:
+            raise ValueError(f"table_side {g} holds {g * g} entries, fewer than n_rows {k['n_rows']}")
+        cell = k["image_size"] // g
+        if cell < (1 + k["value_len"]) * _GLYPH_W + 2:
+            raise ValueError(f"table cells too small: {k['n_rows']} entries of {1 + k['value_len']} "
+                             f"characters need image_size >= {g * ((1 + k['value_len']) * _GLYPH_W + 2)}")
+        return
+    _int(k, "n_rows", 1, len(KEY_WORDS))
+    _int(k, "value_len", 2, 12)
     base, _, max_rows, width = _text_layout(k)
     if k["n_rows"] > max_rows:
         raise ValueError(f"n_rows {k['n_rows']} does not fit: at most {max_rows} rows with "
@@ -338,12 +353,22 @@ def _value(rng, kind, n):
 
 
 @_family("text_lookup", _check_text)
-def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, font_scale=2):
+def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, font_scale=2,
+                 layout="page", table_side=0):
     """A document page of ``key: value`` lines; "What is the value of <key>?" -> the value.
 
     Pillow's bitmap font (no anti-aliasing) upscaled ``font_scale``x with nearest-neighbour.
     Keys and values are distinct within a page; box = the value's text bbox (``textbbox``).
+
+    ``layout="table"``: a form of labelled boxes for low-resolution vision, the text as large
+    as its cell allows: a ``table_side`` x ``table_side`` table (0: the smallest that holds
+    ``n_rows``) with ``n_rows`` entries in random cells (row-major order), each a key letter
+    directly followed by its value (``B7``); keys are distinct letters, values are distinct
+    when ``value_kind`` / ``value_len`` allow (``font_scale`` is not used). At 448 px with 16 entries, a model that sees the image at 64 px gets each cell
+    as one 16 px patch with the bitmap glyphs near their native size.
     """
+    if layout == "table":
+        return _text_table(rng, n_rows, image_size, value_kind, value_len, table_side)
     base, top, _, _ = _text_layout({"image_size": image_size, "font_scale": font_scale,
                                     "value_len": value_len})
     keys = rng.sample(KEY_WORDS, n_rows)
@@ -377,10 +402,71 @@ def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, 
     s = font_scale
     return {
         "images": [im],
-        "question": f"What is the value of {keys[t]}? Answer with the value only.",
+        "question": _text_question(keys[t]),
         "answer": values[t],
         "boxes": [Box(0, vbox[0] * s, vbox[1] * s, vbox[2] * s, vbox[3] * s)],
         "meta": {"row": t, "key": keys[t], "rows": rows},
+    }
+
+
+def _text_question(key: str) -> str:
+    return f"What is the value of {key}? Answer with the value only."
+
+
+def _n_values(kind: str, n: int) -> int:
+    """How many distinct values of ``n`` characters the table can draw (a 1-character value
+    is always a digit 1-9; codes of >= 2 characters: plenty)."""
+    return 9 * 10 ** (n - 1) if kind == "number" or n == 1 else 10 ** 6
+
+
+def _text_table(rng, n_rows, image_size, value_kind, value_len, side):
+    keys = rng.sample(KEY_LETTERS, n_rows)
+    distinct = _n_values(value_kind, value_len) >= n_rows
+    values: list[str] = []
+    while len(values) < n_rows:
+        v = _value(rng, "number" if value_len == 1 else value_kind, value_len)
+        if not distinct or v not in values:
+            values.append(v)
+    t = rng.randrange(n_rows)
+
+    g = side or math.ceil(math.sqrt(n_rows))
+    cells = sorted(rng.sample(range(g * g), n_rows))
+    cell = image_size // g
+    off = (image_size - cell * g) // 2
+    font = bitmap_font()
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1), BACKGROUND))
+    im = Image.new("RGB", (image_size, image_size), BACKGROUND)
+    d = ImageDraw.Draw(im)
+    for j in range(g + 1):  # 2 px table lines on the cell boundaries
+        p = off + j * cell
+        end = off + g * cell - 1
+        d.rectangle([max(off, p - 1), off, min(end, p), end], fill=GRID_LINE)
+        d.rectangle([off, max(off, p - 1), end, min(end, p)], fill=GRID_LINE)
+    rows, vbox = [], None
+    for i, (j, key, val) in enumerate(zip(cells, keys, values)):
+        # glyphs as large as the cell allows (90% of it), nearest-neighbour, centred
+        l, tp, r, b = probe.textbbox((0, 0), key + val, font=font)
+        w, h = r - l, b - tp
+        sc = max(1, int(cell * 0.9) // max(w, h))
+        glyphs = Image.new("RGB", (w, h), BACKGROUND)
+        gd = ImageDraw.Draw(glyphs)
+        gd.text((-l, -tp), key + val, font=font, fill=TEXT_COLOUR)
+        kx = int(gd.textlength(key, font=font))  # where the value starts
+        vb = gd.textbbox((-l + kx, -tp), val, font=font)
+        r_, c_ = divmod(j, g)
+        x0 = off + c_ * cell + (cell - w * sc) // 2
+        y0 = off + r_ * cell + (cell - h * sc) // 2
+        im.paste(glyphs.resize((w * sc, h * sc), Image.NEAREST), (x0, y0))
+        box = [x0 + vb[0] * sc, y0 + vb[1] * sc, x0 + vb[2] * sc, y0 + vb[3] * sc]
+        rows.append({"key": key, "value": val, "value_box": box, "cell": [r_, c_]})
+        if i == t:
+            vbox = box
+    return {
+        "images": [im],
+        "question": _text_question(keys[t]),
+        "answer": values[t],
+        "boxes": [Box(0, *vbox)],
+        "meta": {"row": t, "key": keys[t], "rows": rows, "grid": g},
     }
 
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+import warnings
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
 
@@ -221,8 +222,10 @@ def aggregate(per_sample: dict[str, np.ndarray], only_correct: bool) -> tuple[di
     return scores, record
 
 
-def score_to_spec(pretrained: str, model, cfg: ScoreConfig, per_sample: dict, probe_hash: str, dtype: str):
-    """Build the head spec (dense scores + a default top-``frac`` selection)."""
+def score_to_spec(pretrained: str, model, cfg: ScoreConfig, per_sample: dict, probe_hash: str, dtype: str,
+                  task=None):
+    """Build the head spec (dense scores + a default top-``frac`` selection); ``task`` is the
+    :class:`~core_eval.probes.tasks.ProbeTask` that ``cfg.probes`` named, if any."""
     from core_eval import __version__
     from core_eval.adapters import adapter_for
     from core_eval.spec import spec_from_scores
@@ -235,6 +238,8 @@ def score_to_spec(pretrained: str, model, cfg: ScoreConfig, per_sample: dict, pr
               "seed": cfg.seed, "query_rows": cfg.query_rows, "dtype": dtype, "batch_size": cfg.batch_size,
               "attention_backend": "core_eval (sdpa + RAM capture)", "family": ad.family.name,
               "core_eval_version": __version__, **record}
+    if task is not None:
+        scorer["probe_task"] = {"name": task.name, "family": task.family, "eval_seed": task.eval_seed}
     return spec_from_scores(scores, model_info, scorer, rule="top", frac=cfg.frac, shape=ad.shape)
 
 
@@ -246,8 +251,14 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     """
     from core_eval.loading import load
     from core_eval.probes import load_probe, probe_set_hash
+    from core_eval.probes.tasks import resolve_probes
 
     out = Path(out)
+    _, knobs, task = resolve_probes(cfg.probes, cfg.knobs)
+    cfg = replace(cfg, knobs=knobs)  # a task name's YAML knobs, recorded in the spec
+    if task is not None and cfg.seed == task.eval_seed:
+        warnings.warn(f"seed {cfg.seed} is {task.name}'s evaluation seed: the heads are chosen on the very "
+                      "samples the task evaluates; score on another seed for a held-out selection", stacklevel=2)
     samples = load_probe(cfg.probes, n=cfg.n, seed=cfg.seed, image_root=image_root, **cfg.knobs)
     if len(samples) > cfg.n:
         samples = samples[: cfg.n]
@@ -262,7 +273,7 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     if per_sample is None:
         return None
     spec = score_to_spec(pretrained, loaded.model, cfg, per_sample, probe_hash,
-                         str(loaded.model.dtype).replace("torch.", ""))
+                         str(loaded.model.dtype).replace("torch.", ""), task)
     spec.write(out)
     shutil.rmtree(work, ignore_errors=True)
     return spec
