@@ -384,6 +384,90 @@ def test_vlmeval_reader_on_hand_made_workdir(tmp_path, xlsx):
     assert any("no core_eval.json" in n for n in run.notes)
 
 
+def _probe_workdir(root: Path) -> Path:
+    """Model folder ``m`` with a probe dataset ``core_count`` (no score file) and ``core_count_mc`` (a name
+    that extends it, with its own judge file)."""
+    d = root / "m" / "T20260101_Gabc1234"
+    d.mkdir(parents=True)
+    pd.DataFrame({"index": range(4), "question": [f"q{i}" for i in range(4)],
+                  "answer": ["3", "red circle", "3", "blue"],
+                  "aliases": ['["three"]', "[]", '["three"]', "[]"],
+                  "prediction": ["three", "red circle\nmore text", "4", "it is blue"]}).to_csv(
+        d / "m_core_count.tsv", sep="\t", index=False)
+    mc = pd.DataFrame({"index": range(2), "question": ["q0", "q1"], "A": ["red", "one"], "B": ["blue", "two"],
+                       "answer": ["B", "A"], "prediction": ["B. blue", "one"]})
+    mc.to_csv(d / "m_core_count_mc.tsv", sep="\t", index=False)
+    mc.assign(hit=[0, 1]).to_csv(d / "m_core_count_mc_exact_matching_result.csv", index=False)
+    pd.DataFrame({"split": ["none"], "Overall": [0.5]}).to_csv(d / "m_core_count_mc_acc.csv", index=False)
+    return d
+
+
+def test_vlmeval_reader_scores_like_the_probe_tasks(tmp_path):
+    """No score file: core_eval.probes.metrics (first line, aliases, number words), never another
+    dataset's judge file; with VLMEvalKit's score file: its values, whatever they are."""
+    d = _probe_workdir(tmp_path)
+
+    def per_sample(run, task, metric):
+        s = run.samples[(run.samples.task == task) & (run.samples.metric == metric)]
+        return s.sort_values("doc_id").value.tolist()
+
+    (run,) = read_vlmeval(d.parent)
+    assert per_sample(run, "core_count", "exact_match") == [1, 1, 0, 0]  # "three" == "3"; first line only
+    assert per_sample(run, "core_count", "relaxed_match") == [1, 1, 0, 1]
+    assert run.score("core_count", "relaxed_match") == 0.75
+    assert per_sample(run, "core_count_mc", "hit") == [0, 1]  # the judge's file, not the _mc probe's
+    assert run.score("core_count_mc", "Overall", "acc.csv") == 0.5
+    (note,) = [n for n in run.notes if "m_core_count.tsv" in n]
+    assert "exact_match, relaxed_match computed by core_eval.probes.metrics" in note
+    (d / "m_core_count_mc_exact_matching_result.csv").unlink()  # MCQ fallback: letter, option text or both
+    (run,) = read_vlmeval(d.parent)
+    assert per_sample(run, "core_count_mc", "exact_match") == [1, 1] and "hit" not in set(run.samples.metric)
+    # the dataset's own per-sample file wins over any recomputation; its _acc.csv must agree
+    pd.DataFrame({"index": range(4), "exact_match": [0, 0, 1, 1], "relaxed_match": [0, 1, 1, 1]}).to_excel(
+        d / "m_core_count_score.xlsx", index=False, engine="openpyxl")
+    pd.DataFrame({"split": ["none"], "n": [4], "exact_match": [0.5], "relaxed_match": [0.5]}).to_csv(
+        d / "m_core_count_acc.csv", index=False)
+    (run,) = read_vlmeval(d.parent)
+    assert per_sample(run, "core_count", "exact_match") == [0, 0, 1, 1]
+    assert per_sample(run, "core_count", "relaxed_match") == [0, 1, 1, 1]
+    assert not any("m_core_count.tsv" in n for n in run.notes)
+    assert set(run.metrics[run.metrics.task == "core_count"].metric) == {"exact_match", "relaxed_match"}
+    (note,) = [n for n in run.notes if "m_core_count_acc.csv" in n]
+    assert note == ("m_core_count_acc.csv: relaxed_match = 0.5, but the per-sample scores average 0.75; "
+                    "the per-sample mean is used")
+
+
+def test_vlmeval_reader_errors_name_the_file_and_the_fix(tmp_path):
+    def fresh(name):
+        root = vlmeval_workdir(tmp_path / name, xlsx=True)
+        return root, root / "zero_top" / "T20260101_Gabc1234"
+
+    root, d = fresh("unreadable")
+    (d / "zero_top_CoreProbe_MCQ.xlsx").write_bytes(b"PK\x03\x04 truncated")
+    with pytest.raises(CorruptFileError, match=r"zero_top_CoreProbe_MCQ\.xlsx: cannot read this \.xlsx table "
+                                               r"\(BadZipFile.*rerun VLMEvalKit for this model and dataset"):
+        read_vlmeval(root)
+    root, d = fresh("bad_score")
+    (d / "zero_top_CoreProbe_MCQ_exact_matching_result.csv").write_bytes(b"\xff\xfe\x00garbage")
+    with pytest.raises(CorruptFileError, match=r"zero_top_CoreProbe_MCQ_exact_matching_result\.csv: cannot read"):
+        read_vlmeval(root)
+    for col in ("index", "prediction"):
+        root, d = fresh(f"no_{col}")
+        f = d / "zero_top_CoreProbe_MCQ.xlsx"
+        pd.read_excel(f).drop(columns=col).to_excel(f, index=False, engine="openpyxl")
+        with pytest.raises(CorruptFileError, match=rf"zero_top_CoreProbe_MCQ\.xlsx: prediction file lacks "
+                                                   rf"column\(s\) \['{col}'\].*Rerun the model's inference"):
+            read_vlmeval(root)
+    for text, problem in [('{"core_eval": {"n_heads": 2,', r", line 1: invalid JSON: .*"),
+                          ("[1, 2]", r": expected a JSON object .*got list"),
+                          ('{"name": "zero_top"}', r": no 'core_eval' intervention summary .*in this record")]:
+        root, d = fresh(f"record{len(text)}")
+        (d.parent / "core_eval.json").write_text(text)
+        with pytest.raises(CorruptFileError, match=rf"zero_top/core_eval\.json{problem}; core-vlmeval writes it "
+                                                   r"when it loads the model: rerun that model, or delete the file"):
+            read_vlmeval(root)
+
+
 # ----------------------------------------------------------------------------------------- writers
 
 

@@ -4,7 +4,8 @@ Real ``vlmeval`` (PyPI ``nvidia-vlmeval``), real tiny checkpoints, nothing mocke
 runs go through the launcher in a subprocess (``python -m core_eval.integrations.vlmeval``, the
 ``core-vlmeval`` entry point): VLMEvalKit's ``run.main`` does inference, exact-matching
 evaluation and its file layout. The models are random, so scores are ~0: the runs assert on
-structure, names, records, and on per-sample equality with ``lm_eval --model core_hf``.
+structure, names, records, and on per-sample equality with ``lm_eval --model core_hf``; the
+reporter's values are checked on copies with chosen predictions, scored again by VLMEvalKit.
 """
 
 from __future__ import annotations
@@ -133,6 +134,8 @@ def test_run_names_encode_the_intervention_without_loading_weights(weightless):
     assert cv.model_name("m", pretrained=d, heads="0:0;0:1;1:3") != a
     assert cv.model_name("m", pretrained=d, heads=HEADS, ablation="uniform").startswith("m__uniform-explicit3-")
     assert cv.model_name("m", pretrained=d, heads=HEADS, max_new_tokens=64).endswith("-mnt64")
+    # a sparse pattern with no full heads changes every head: never named (or read as) a baseline
+    assert re.fullmatch(r"m__streaming-none0-s0-[0-9a-f]{8}", cv.model_name("m", pretrained=d, sparse="streaming"))
 
 
 @pytest.mark.parametrize("args,needle", [
@@ -233,6 +236,76 @@ def test_vlmeval_runner_end_to_end_baseline_and_ablated(vlmeval_runs, family):
     assert preds[base] != preds[abl]  # the mask really was applied inside VLMEvalKit
 
 
+@pytest.fixture(scope="module")
+def vlmeval_specs(tmp_path_factory, tiny_dir):
+    """One launcher run of tiny LLaVA on core_grid_needle-n2 with a head spec: heads=top,k=2 zeroed,
+    the same heads kept full under sparse=streaming, and streaming on every head."""
+    from core_eval.adapters import shape_from_config
+    from core_eval.loading import load_config
+    from core_eval.spec import spec_from_scores
+
+    root = tmp_path_factory.mktemp("vlmeval_specs")
+    d = tiny_dir("llava")
+    shape = shape_from_config(load_config(d))
+    ram = np.random.default_rng(5).random((shape.num_layers, shape.num_heads))
+    spec = spec_from_scores({"ram": ram}, {"name": str(d)}, {"name": "ram-v1"}, shape=shape, frac=0.25)
+    spec_path = spec.write(root / "spec.json")
+    stream = "sparse=streaming,sink=1,window=4"
+    proc = launch("--data", "core_grid_needle-n2", "--model", "core-llava-tiny",
+                  "--model-args", f"pretrained={d},head_spec={spec_path},heads=top,k=2",
+                  "--model-args", f"pretrained={d},head_spec={spec_path},heads=top,k=2,{stream}",
+                  "--model-args", f"pretrained={d},{stream}",
+                  "--work-dir", root / "out", env={"LMUData": str(root / "LMUData")})
+    top2 = sorted(divmod(int(i), shape.num_heads) for i in np.argsort(-ram, axis=None)[:2])
+    return root / "out", spec.content_hash(), [list(h) for h in top2], proc.stdout
+
+
+def test_vlmeval_runs_spec_selected_and_sparse_interventions(vlmeval_specs, vlmeval_runs):
+    out, spec_hash, top2, stdout = vlmeval_specs
+    assert stdout.count(": ok") == 3 and "FAILED" not in stdout
+    names = sorted(p.name for p in out.iterdir() if p.is_dir())
+    pattern = r"core-llava-tiny__(zero-top2|streaming-top2|streaming-none0)-s0-[0-9a-f]{8}"
+    assert len(names) == 3 and all(re.fullmatch(pattern, n) for n in names), names
+    base_out, _, _, _ = vlmeval_runs("llava")
+    base = pd.read_excel(_pred_file(base_out, "core-llava-tiny__baseline", f"core_grid_needle-n{N}"))
+    records = {}
+    for m in names:
+        core = json.loads((out / m / cv.RECORD_FILE).read_text())["core_eval"]
+        records[m.split("__")[1].rsplit("-s0-", 1)[0]] = core
+        preds = pd.read_excel(_pred_file(out, m, "core_grid_needle-n2"))
+        assert list(preds["index"]) == [0, 1] and preds["prediction"].notna().all()
+        assert [str(x) for x in preds["prediction"]] != [str(x) for x in base["prediction"][:2]], m
+    zero, hybrid, stream = records["zero-top2"], records["streaming-top2"], records["streaming-none0"]
+    assert zero["heads"] == top2 and zero["variant"]["name"] == "zero" and zero["spec"]["hash"] == spec_hash
+    assert zero["selection"]["rule"] == "top" and zero["selection"]["k"] == 2
+    assert hybrid["heads"] == top2 and hybrid["variant"]["kind"] == "sparse" and hybrid["spec"]["hash"] == spec_hash
+    assert {k: hybrid["variant"]["options"][k] for k in ("sink", "window")} == {"sink": 1, "window": 4}
+    assert stream["n_heads"] == 0 and stream["variant"]["name"] == "streaming"  # every head sparse: no baseline
+    from core_eval.report import load_run
+
+    runs = {r.name: r for r in load_run(out, source="vlmeval")}
+    assert not any(r.is_baseline for r in runs.values())
+    assert sorted(r.intervention.variant for r in runs.values()) == ["streaming", "streaming", "zero"]
+
+
+def test_run_vlmeval_python_api(tiny_dir, lmu, tmp_path):
+    """`run_vlmeval` in this process: its result paths, and `check` turning a failure VLMEvalKit only
+    logs (a text-only model given images) into an error."""
+    from vlmeval.smp import load
+
+    work = tmp_path / "out"
+    name = cv.register_core_model("api", work_dir=work, pretrained=tiny_dir("llava"), heads="0:1", ablation="zero")
+    res = cv.run_vlmeval(["core_grid_needle-n1"], [name], work_dir=work)
+    r = res[(name, "core_grid_needle-n1")]
+    assert Path(r["predictions"]).parent.parent == work / name and Path(r["scores"]).name.endswith("_score.xlsx")
+    assert len(load(r["predictions"])) == 1 and load(r["scores"])["exact_match"].tolist() == \
+        pd.read_csv(r["acc"])["exact_match"].tolist()
+    assert json.loads(Path(r["record"]).read_text())["core_eval"]["heads"] == [[0, 1]]
+    text = cv.register_core_model("api-text", work_dir=work, pretrained=tiny_dir("llama"))
+    with pytest.raises(cv.VLMEvalRunError, match=rf"{text} x core_grid_needle-n1: predictions"):
+        cv.run_vlmeval(["core_grid_needle-n1"], [text], work_dir=work)
+
+
 def test_rerun_with_other_settings_under_the_same_name_is_refused(vlmeval_runs):
     out, lmu, d, _ = vlmeval_runs("llava")
     proc = launch("--data", f"core_grid_needle-n{N}", "--model", "core-llava-tiny",
@@ -297,17 +370,105 @@ def test_same_predictions_as_lm_eval_core_hf(vlmeval_runs, tmp_path, family, mas
             assert x["prediction"] == lm[i]["resps"][0][0]
 
 
-def test_reporter_reads_the_real_vlmeval_outputs(vlmeval_runs, tmp_path):
-    """The work dir VLMEvalKit's runner wrote is a valid input of `core-eval report`."""
+def _scores(run, task: str, metric: str) -> pd.Series:
+    s = run.samples[(run.samples.task == task) & (run.samples.metric == metric)]
+    return pd.Series(s.value.to_numpy(), index=s.doc_id.astype(int)).sort_index()
+
+
+def _file_scores(path: Path, metric: str) -> pd.Series:
+    df = pd.read_excel(path)
+    return pd.Series(df[metric].astype(float).to_numpy(), index=df["index"].astype(int)).sort_index()
+
+
+@pytest.mark.parametrize("family", list(RUNS))
+def test_reporter_reads_the_real_vlmeval_outputs(vlmeval_runs, family):
+    """`core-eval report` takes every per-sample score and mean from the files VLMEvalKit's runner wrote."""
+    from core_eval.report import load_run
+
+    out, _, _, _ = vlmeval_runs(family)
+    probe, mcq = f"{RUNS[family]}-n{N}", f"core_grid_needle_mc-n{N}"
+    for m in _models(out, family):
+        (run,) = load_run(out / m, source="vlmeval")
+        assert run.notes == []  # nothing recomputed, nothing disagrees
+        for metric in ("exact_match", "relaxed_match"):
+            expected = _file_scores(_pred_file(out, m, probe, "_score.xlsx"), metric)
+            pd.testing.assert_series_equal(_scores(run, probe, metric), expected, check_names=False)
+            assert run.score(probe, metric) == pd.read_csv(_pred_file(out, m, probe, "_acc.csv"))[metric].iloc[0]
+        hits = _file_scores(_pred_file(out, m, mcq, "_exact_matching_result.xlsx"), "hit")
+        pd.testing.assert_series_equal(_scores(run, mcq, "hit"), hits, check_names=False)
+        assert run.score(mcq, "hit") == hits.mean()
+        overall = pd.read_csv(_pred_file(out, m, mcq, "_acc.csv"))["Overall"].iloc[0]
+        assert run.score(mcq, "Overall", "acc.csv") == overall
+        assert set(run.metrics.metric) == {"exact_match", "relaxed_match", "hit", "Overall"}
+
+
+def _rescored_copy(out: Path, model: str, dst: Path, predictions: dict[str, list[str]]) -> Path:
+    """``model``'s eval folder copied to ``dst`` with new predictions, evaluated again by VLMEvalKit's
+    own ``dataset.evaluate`` (exact matching), as ``run.main`` does."""
+    from vlmeval.dataset import build_dataset
+    from vlmeval.smp import dump, load
+
+    (src,) = (out / model).glob("T*")
+    tgt = dst / model / src.name
+    tgt.mkdir(parents=True)
+    shutil.copy(out / model / cv.RECORD_FILE, dst / model)
+    for data, preds in predictions.items():
+        df = load(str(src / f"{model}_{data}.xlsx"))
+        df["prediction"] = preds
+        dump(df, str(tgt / f"{model}_{data}.xlsx"))
+        build_dataset(data).evaluate(str(tgt / f"{model}_{data}.xlsx"), model="exact_matching", nproc=1)
+    return tgt
+
+
+@pytest.mark.parametrize("family", list(RUNS))
+def test_reporter_values_follow_vlmeval_evaluation(vlmeval_runs, tmp_path, monkeypatch, family):
+    """Real work dirs with chosen predictions, scored again by VLMEvalKit: per-sample values, means and
+    deltas equal those in its files; without the score files the probe metrics give the same."""
     from core_eval.report import build_report, load_run
 
-    out, _, _, _ = vlmeval_runs("llava")
-    base, abl = _models(out, "llava")
-    runs = load_run(out / abl, source="vlmeval")
-    baseline = load_run(out / base, source="vlmeval")
-    assert runs and baseline
-    assert runs[0].intervention.n_heads == 3 and baseline[0].intervention.n_heads == 0
-    report = build_report(runs, baseline)
-    paired = report.comparison[report.comparison["stats"] == "paired"]
-    assert len(paired) >= 2 and (paired["n"] == N).all()  # the probe and the MCQ, per sample
-    assert report.write(tmp_path / "rep").joinpath("report.html").is_file()
+    out, lmu, _, _ = vlmeval_runs(family)
+    monkeypatch.setenv("LMUData", str(lmu))
+    probe, mcq = f"{RUNS[family]}-n{N}", f"core_grid_needle_mc-n{N}"
+    cv.register_datasets([probe, mcq])
+    base, abl = _models(out, family)
+    gold = pd.read_excel(_pred_file(out, base, probe), dtype={"answer": str})["answer"].tolist()
+    letters = pd.read_excel(_pred_file(out, base, mcq))["answer"].tolist()
+    wrong = [next(c for c in "ABCD" if c != a) for a in letters]
+    chosen = {  # model -> predictions; expected exact / relaxed / hit below
+        base: {probe: [gold[0] + "\nmore text", f"the {gold[1]}", "nothing"], mcq: [letters[0], wrong[1], "nothing"]},
+        abl: {probe: ["nothing", gold[1], gold[2]], mcq: letters},
+    }
+    expected = {base: ([1, 0, 0], [1, 1, 0], [1, 0, 0]), abl: ([0, 1, 1], [0, 1, 1], [1, 1, 1])}
+    folders = {m: _rescored_copy(out, m, tmp_path / "work", p) for m, p in chosen.items()}
+    runs = {m: load_run(tmp_path / "work" / m, source="vlmeval")[0] for m in chosen}
+    for m, (em, rm, hit) in expected.items():
+        f = folders[m]
+        for metric, want in (("exact_match", em), ("relaxed_match", rm)):
+            from_file = _file_scores(f / f"{m}_{probe}_score.xlsx", metric)
+            assert from_file.tolist() == want  # VLMEvalKit ran the probe task's own metric
+            pd.testing.assert_series_equal(_scores(runs[m], probe, metric), from_file, check_names=False)
+            assert runs[m].score(probe, metric) == pd.read_csv(f / f"{m}_{probe}_acc.csv")[metric].iloc[0]
+        hits = _file_scores(f / f"{m}_{mcq}_exact_matching_result.xlsx", "hit")
+        assert hits.tolist() == hit
+        pd.testing.assert_series_equal(_scores(runs[m], mcq, "hit"), hits, check_names=False)
+        assert runs[m].score(mcq, "Overall", "acc.csv") == pd.read_csv(f / f"{m}_{mcq}_acc.csv")["Overall"].iloc[0]
+        assert runs[m].notes == []
+    c = build_report([runs[abl]], [runs[base]], n_boot=200).comparison
+    for task, metric, filt, (fb, fv) in [
+            (probe, "exact_match", "none", [folders[m] / f"{m}_{probe}_score.xlsx" for m in (base, abl)]),
+            (probe, "relaxed_match", "none", [folders[m] / f"{m}_{probe}_score.xlsx" for m in (base, abl)]),
+            (mcq, "hit", "none", [folders[m] / f"{m}_{mcq}_exact_matching_result.xlsx" for m in (base, abl)])]:
+        row = c[(c.task == task) & (c.metric == metric) & (c["filter"] == filt)].iloc[0]
+        b, v = pd.read_excel(fb)[metric].mean(), pd.read_excel(fv)[metric].mean()
+        assert (row.n, row.stats) == (N, "paired")
+        assert row.delta == pytest.approx(v - b) and row.baseline == pytest.approx(b)
+    row = c[(c.task == mcq) & (c.metric == "Overall")].iloc[0]
+    b, v = (pd.read_csv(folders[m] / f"{m}_{mcq}_acc.csv")["Overall"].iloc[0] for m in (base, abl))
+    assert row.delta == pytest.approx(v - b) and row.stats.startswith("aggregate only")
+    # no per-sample score files: core_eval.probes.metrics, the same values, and a note
+    for f in folders[base].glob("*_score.xlsx"):
+        f.unlink()
+    (run,) = load_run(tmp_path / "work" / base, source="vlmeval")
+    assert _scores(run, probe, "exact_match").tolist() == expected[base][0]
+    assert _scores(run, probe, "relaxed_match").tolist() == expected[base][1]
+    assert any("computed by core_eval.probes.metrics" in n for n in run.notes)

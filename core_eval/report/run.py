@@ -47,10 +47,11 @@ class Intervention:
 
     @property
     def is_baseline(self) -> bool:
-        """Unmodified model: a plain harness run or a core_eval run with no heads."""
+        """Unmodified model: a plain harness run or a core_eval run with no heads (a sparse pattern
+        with no full heads changes every head: not a baseline)."""
         if not self.recorded:
             return False
-        return self.summary is None or self.n_heads == 0
+        return self.summary is None or (self.n_heads == 0 and self.kind != "sparse")
 
     @property
     def variant(self) -> str | None:

@@ -4,6 +4,7 @@ Layout (``run.py --work-dir WORK``)::
 
     WORK/<model>/<eval_id>/<model>_<dataset>.xlsx      predictions: index, question, [A..D], answer, prediction
     WORK/<model>/<eval_id>/<model>_<dataset>_<judge>_result.xlsx   MCQ judge output, per-row ``hit`` (0/1)
+    WORK/<model>/<eval_id>/<model>_<dataset>_score.xlsx core_eval probe datasets: per-row exact/relaxed_match
     WORK/<model>/<eval_id>/<model>_<dataset>_acc.csv   aggregate (``split``, ``Overall``, categories)
     WORK/<model>/<eval_id>/<model>_<dataset>_score.csv aggregate of Y/N and scored datasets
     WORK/<model>/<model>_<dataset>*                    links to the latest eval_id's files
@@ -14,10 +15,11 @@ Predictions may be ``.xlsx`` (needs ``openpyxl``, which VLMEvalKit installs), ``
 A RUN may be the work dir (every model folder in it), a model folder (its own files, else its
 newest eval_id folder; ``@EVAL_ID`` picks one), an eval_id folder or one prediction file.
 
-Per run: task = dataset, per-sample metric ``hit`` from the judge's ``*_result`` file (or, with no
-judge file, ``exact_match`` computed here from prediction vs answer, with a note), aggregate
-``Overall`` from ``*_acc.csv`` / ``*_score.csv`` (filter column = the file kind). Samples pair on
-``index`` + a hash of the question and options.
+Per run: task = dataset, per-sample metrics from VLMEvalKit's own score files (``hit``,
+``exact_match``, ``relaxed_match``; computed with core_eval.probes.metrics only when there is no
+score file, with a note), aggregates from ``*_acc.csv`` / ``*_score.csv`` (see
+:mod:`~core_eval.report.vlmeval_scores`). Samples pair on ``index`` + a hash of the question and
+options.
 
 Intervention: VLMEvalKit records none. core_eval's VLMEvalKit integration writes
 ``<work_dir>/<model>/core_eval.json`` = ``{"core_eval": summary, "dtype": ..., "generation": ...}``
@@ -38,6 +40,7 @@ from pathlib import Path
 import pandas as pd
 
 from core_eval.report.errors import CorruptFileError, EmptyRunError
+from core_eval.report.vlmeval_scores import aggregates, own_files, per_sample
 from core_eval.report.run import (
     METRIC_COLUMNS,
     SAMPLE_COLUMNS,
@@ -53,22 +56,23 @@ SIDECAR = "core_eval.json"
 _EVAL_ID = re.compile(r"^T\d{8}_G\w+$")
 _DERIVED = re.compile(r"_(acc|score|result|auxmatch|rating|judge|judged|extract\w*|tmp|PREV|fin|eval\w*)$", re.I)
 _JUDGE_HINT = ("gpt", "matching", "judge", "openai", "claude", "qwen", "llama", "deepseek", "glm")
-_HIT_COLUMNS = ("hit", "score", "correct", "match")
 
 
 def _read_table(path: Path) -> pd.DataFrame:
     try:
         if path.suffix == ".xlsx":
             try:
-                return pd.read_excel(path)
+                return pd.read_excel(path, dtype={"answer": str})  # "0412" stays a code, 7 becomes "7"
             except ImportError as e:
                 raise CorruptFileError(path, f"reading .xlsx needs openpyxl ({e}); pip install openpyxl "
                                              "(VLMEvalKit installs it)") from None
-        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",")
+        return pd.read_csv(path, sep="\t" if path.suffix == ".tsv" else ",", dtype={"answer": str})
     except CorruptFileError:
         raise
-    except Exception as e:  # pandas / openpyxl parse errors
-        raise CorruptFileError(path, f"cannot read table: {e}") from None
+    except Exception as e:  # pandas / openpyxl / zipfile parse errors
+        raise CorruptFileError(path, f"cannot read this {path.suffix} table ({type(e).__name__}: {e}); the file is "
+                                     "damaged or not a table: rerun VLMEvalKit for this model and dataset, or "
+                                     "remove the file") from None
 
 
 def _sha(text: str) -> str:
@@ -154,85 +158,25 @@ def _question_hash(row: pd.Series, columns) -> str:
     return _sha("\n".join(parts))
 
 
-def _norm(x) -> str:
-    return re.sub(r"\s+", " ", str(x)).strip().strip(".").lower()
-
-
-def _exact(pred, answer, is_mcq: bool) -> float:
-    if pd.isna(answer):
-        return math.nan
-    p, a = _norm(pred), _norm(answer)
-    if p == a:
-        return 1.0
-    if is_mcq and len(a) == 1:
-        m = re.match(r"^\(?([a-z])[\).:]?(\s|$)", p)
-        return float(bool(m and m.group(1) == a))
-    return 0.0
-
-
-def _hits(pred_file: Path, files: list[Path], pred: pd.DataFrame) -> tuple[pd.Series, str, str | None]:
-    """Per-row 0/1 scores indexed like ``pred``: (values, metric name, note)."""
-    stem = pred_file.stem
-    detail = [f for f in files if f.stem.startswith(stem + "_") and not f.stem.endswith(("_acc", "_score"))]
-    detail.sort(key=lambda f: (not f.stem.endswith("_result"), f.name))
-    for f in detail:
-        df = _read_table(f)
-        if "index" not in df.columns:
-            continue
-        for col in _HIT_COLUMNS:
-            if col in df.columns and pd.api.types.is_numeric_dtype(df[col]):
-                d = df.drop_duplicates("index")
-                s = pd.Series(d[col].astype(float).values, index=d["index"].astype(str))
-                return pred["index"].astype(str).map(s).astype(float).values, "hit", None
-    if "answer" not in pred.columns:
-        return None, "", f"{pred_file.name}: no judge file with per-row hits and no answer column: aggregate only"
-    is_mcq = "A" in pred.columns and "B" in pred.columns
-    vals = [_exact(p, a, is_mcq) for p, a in zip(pred["prediction"], pred["answer"])]
-    return (pd.Series(vals).values, "exact_match",
-            f"{pred_file.name}: no judge file with per-row hits; exact_match computed by core_eval "
-            "(prediction vs answer)")
-
-
-def _aggregate(files: list[Path], stem: str) -> list[dict]:
-    rows = []
-    for kind in ("acc", "score"):
-        f = next((f for f in files if f.stem == f"{stem}_{kind}" and f.suffix == ".csv"), None)
-        if f is None:
-            f = next((f for f in files if f.stem.startswith(stem + "_") and f.stem.endswith(f"_{kind}")
-                      and f.suffix == ".csv"), None)
-        if f is None:
-            continue
-        df = _read_table(f)
-        value = math.nan
-        if "Overall" in df.columns and len(df):
-            row = df.iloc[0]
-            if "split" in df.columns:
-                pref = df[df["split"].astype(str).str.lower().isin(["none", "dev", "val", "test"])]
-                row = pref.iloc[0] if len(pref) else row
-            value = pd.to_numeric(row["Overall"], errors="coerce")
-        elif df.shape[1] >= 2:
-            first = df.iloc[:, 0].astype(str)
-            hit = df[first.str.lower() == "overall"]
-            if len(hit):
-                value = pd.to_numeric(hit.iloc[0, 1], errors="coerce")
-        if not pd.isna(value):
-            rows.append({"metric": "Overall", "filter": f"{kind}.csv", "value": float(value)})
-    return rows
-
-
 def _sidecar(folder: Path, model_folder: Path) -> tuple[dict | None, dict]:
     """(intervention summary, whole record) from ``core_eval.json``; (None, {}) when absent."""
     for d in (folder, model_folder):
         f = d / SIDECAR
         if f.is_file():
-            data = load_json(f)
+            fix = ("core-vlmeval writes it when it loads the model: rerun that model, or delete the file "
+                   "(the run's intervention is then unknown)")
+            try:
+                data = load_json(f)
+            except CorruptFileError as e:
+                raise CorruptFileError(f, f"{e.detail}; {fix}", line=e.line) from None
             if not isinstance(data, dict):
-                raise CorruptFileError(f, "expected a JSON object (core_eval's record of the run)")
+                raise CorruptFileError(f, f"expected a JSON object (core_eval's record of the run), got "
+                                          f"{type(data).__name__}; {fix}")
             if isinstance(data.get("core_eval"), dict):
                 return data["core_eval"], data
             if "variant" in data or "n_heads" in data:
                 return data, {}
-            raise CorruptFileError(f, "no 'core_eval' intervention summary in this record")
+            raise CorruptFileError(f, f"no 'core_eval' intervention summary (an object) in this record; {fix}")
     return None, {}
 
 
@@ -250,28 +194,33 @@ def read_vlmeval(path: str | os.PathLike, *, eval_id: str | None = None) -> list
         model_folder = folder.parent if _EVAL_ID.match(folder.name) else folder
         all_files = _data_files(folder, model_name)
         metric_rows, sample_rows, notes, task_settings, with_samples = [], [], [], {}, set()
+        pred_stems = [f.stem for f in _prediction_stems(all_files)]
         for pf in preds:
             dataset = pf.stem[len(model_name) + 1:]
             pred = _read_table(pf)
             missing = {"index", "prediction"} - set(pred.columns)
             if missing:
-                raise CorruptFileError(pf, f"prediction file lacks column(s) {sorted(missing)}")
-            values, metric, note = _hits(pf, all_files, pred)
-            if note:
-                notes.append(note)
-            if values is not None:
+                raise CorruptFileError(pf, f"prediction file lacks column(s) {sorted(missing)} (VLMEvalKit writes "
+                                           "index, question, answer, prediction); is this a VLMEvalKit prediction "
+                                           "file? Rerun the model's inference or remove the file")
+            own = own_files(pf.stem, all_files, pred_stems)
+            values, new_notes = per_sample(pf, own, pred, _read_table)
+            notes += new_notes
+            cols = set(pred.columns)
+            keys = [(str(row["index"]), _question_hash(row, cols), _sha(str(row.get("answer", ""))))
+                    for _, row in pred.iterrows()]
+            means = {m: float(pd.Series(v, dtype=float).mean()) for m, v in values.items()}
+            for metric, vals in values.items():
                 with_samples.add(dataset)
-                cols = set(pred.columns)
-                for (_, row), v in zip(pred.iterrows(), values):
-                    sample_rows.append({
-                        "task": dataset, "filter": "none", "doc_id": str(row["index"]),
-                        "prompt_hash": _question_hash(row, cols),
-                        "target_hash": _sha(str(row.get("answer", ""))), "metric": metric, "value": float(v)})
-                valid = pd.Series(values, dtype=float)
+                sample_rows += [{"task": dataset, "filter": "none", "doc_id": d, "prompt_hash": ph,
+                                 "target_hash": th, "metric": metric, "value": float(v)}
+                                for (d, ph, th), v in zip(keys, vals)]
                 metric_rows.append({"task": dataset, "metric": metric, "filter": "none",
-                                    "value": float(valid.mean()), "stderr": math.nan,
+                                    "value": means[metric], "stderr": math.nan,
                                     "is_group": False, "higher_is_better": True})
-            for agg in _aggregate(all_files, pf.stem):
+            aggs, agg_notes = aggregates(own, pf.stem, means, _read_table)
+            notes += agg_notes
+            for agg in aggs:
                 metric_rows.append({"task": dataset, **agg, "stderr": math.nan, "is_group": False,
                                     "higher_is_better": True})
             task_settings[dataset] = {"n_effective": len(pred), "aggregation": {}}

@@ -137,8 +137,9 @@ def intervention_identity(plan) -> dict:
 def intervention_tag(plan, *, seed: int | None = None) -> str:
     """``baseline`` when no head is touched, else ``<variant>-<rule><n heads>-s<seed>-<hash8>``
     (``zero-top5-s0-1a2b3c4d``, ``zero-explicit3-s0-...``): readable, and the hash makes two
-    different masks never share a name (VLMEvalKit reuses predictions by name)."""
-    if not plan.heads:
+    different masks never share a name (VLMEvalKit reuses predictions by name). A sparse pattern
+    with no full heads changes every head (``streaming-none0-...``), so it is no baseline."""
+    if not plan.heads and plan.variant.kind != "sparse":
         return "baseline"
     sel = plan.selection or {}
     rule = "spec" if sel.get("from_spec") else str(sel.get("rule") or "heads")
