@@ -140,7 +140,7 @@ class Plan:
             if processor is None:
                 raise LoadError("mean ablation without a means file needs the processor to compute head means")
             means_record = _compute_default_means(model, processor, self.variant, self.spec_path,
-                                                  self.means_probes, self.means_n)
+                                                  self.means_probes, self.means_n, self.pretrained)
         elif self.variant.name == "mean" and isinstance(self.variant.config.get("means"), (str, Path)):
             from core_eval.means import head_means_metadata
 
@@ -203,10 +203,15 @@ def plan(
     p = Plan(str(pretrained), shape, family, chosen, selection, variant, spec, spec_path,
              means_probes, means_n, revision)
     if p.needs_means:
-        from core_eval.means import means_path_for
+        from core_eval.means import head_means_metadata, means_path_for
 
-        if means is None and spec_path is not None and means_path_for(spec_path).is_file():
-            means = means_path_for(spec_path)
+        cached = None if spec_path is None else means_path_for(spec_path)
+        if means is None and cached is not None and cached.is_file():
+            # reuse only means computed for this checkpoint on the same probes (else recompute)
+            meta = head_means_metadata(cached)
+            if (meta.get("probes"), meta.get("n"), meta.get("model", str(pretrained))) == \
+                    (means_probes, str(means_n), str(pretrained)):
+                means = cached
         if means is not None:
             if not Path(means).is_file():
                 raise LoadError(f"means={means} does not exist")
@@ -303,15 +308,16 @@ def _from_pretrained(pretrained, *, family, dtype, device, revision, attn_implem
     return model, processor
 
 
-def _compute_default_means(model, processor, variant, spec_path, probes_name, n):
-    """Compute head means on generated probes; cache beside the spec when there is one."""
+def _compute_default_means(model, processor, variant, spec_path, probes_name, n, pretrained):
+    """Compute head means on generated probes; cache beside the spec when there is one (with
+    the checkpoint and probes they were computed on: another checkpoint or probe set recomputes)."""
     from core_eval.means import compute_head_means, means_path_for, save_head_means
     from core_eval.probes import generate, probe_set_hash
     from core_eval.prompting import iter_batches
 
     samples = generate(probes_name, n, seed=0)
     means = compute_head_means(model, iter_batches(processor, samples, batch_size=4))
-    record = {"probes": probes_name, "n": n, "probe_hash": probe_set_hash(samples)}
+    record = {"probes": probes_name, "n": n, "probe_hash": probe_set_hash(samples), "model": str(pretrained)}
     if spec_path is not None:
         path = save_head_means(means_path_for(spec_path), means, {k: str(v) for k, v in record.items()})
         record["path"] = str(path)

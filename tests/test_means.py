@@ -94,9 +94,10 @@ def test_mean_ablation_computes_means_beside_the_spec_then_reuses_them(tmp_path,
     with safe_open(str(means_file), framework="pt") as f:
         stored, meta = f.get_tensor("head_means"), f.metadata()
     torch.testing.assert_close(stored, want, atol=1e-5, rtol=0)
-    assert meta == {"probes": "grid_needle", "n": str(n), "probe_hash": probe_set_hash(samples)}
+    assert meta == {"probes": "grid_needle", "n": str(n), "probe_hash": probe_set_hash(samples),
+                    "model": str(d)}
     assert first.summary["means"] == {"probes": "grid_needle", "n": n, "probe_hash": meta["probe_hash"],
-                                      "path": str(means_file)}
+                                      "model": str(d), "path": str(means_file)}
 
     # the ablated heads' o_proj inputs are exactly the stored means, at every position
     heads = first.summary["heads"]
@@ -128,3 +129,10 @@ def test_mean_ablation_computes_means_beside_the_spec_then_reuses_them(tmp_path,
     assert second.summary["heads"] == heads
     with torch.no_grad():
         torch.testing.assert_close(second.model(**inputs).logits, ablated, atol=0, rtol=0)
+
+    # other probe settings do not reuse those means: they are recomputed (and the file replaced)
+    monkeypatch.undo()
+    third = load(d, spec=spec, ablation="mean", means_n=n + 1)
+    assert third.summary["means"]["n"] == n + 1
+    with safe_open(str(means_file), framework="pt") as f:
+        assert f.metadata()["n"] == str(n + 1)
