@@ -44,7 +44,7 @@ class DemoConfig:
 
     @classmethod
     def small(cls) -> "DemoConfig":
-        return cls(n_score=24, n_causal=12, limit=8, curve_k=(), tasks=("core_grid_needle",), bench_tokens=256,
+        return cls(n_score=24, n_causal=12, limit=8, curve_k=(1,), tasks=("core_grid_needle",), bench_tokens=256,
                    sparse_fracs=(0.10,))
 
 

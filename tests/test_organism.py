@@ -115,6 +115,44 @@ def test_training_encoding_matches_the_processor(organism):
             assert it.n_prompt == int(starts[0])
 
 
+def test_multi_turn_items_supervise_every_answer(organism):
+    """Further questions about the same image(s) (dense supervision): the first turn is exactly
+    the single-turn item, and every target span holds one answer and its end-of-sequence token."""
+    import random
+
+    from core_eval.organism.data import make_samples
+    from core_eval.organism.train import encode_item, more_questions
+
+    _, processor = organism
+    tok = processor.tokenizer
+    n_multi = 0
+    for fam in ("grid_needle", "multi_image_needle", "text_table"):
+        knobs = {**TASK_KNOBS[fam], "n_distractor_types": 20} if fam == "multi_image_needle" else None
+        for s in make_samples(fam, 3, seed=7, style="lm_eval", knobs=knobs):
+            more = more_questions(s, random.Random(1), 3)
+            assert len(more) <= 3 and len({q for q, _ in more}) == len(more)
+            assert more or fam == "multi_image_needle"  # (its distractor types mostly repeat)
+            single, multi = encode_item(processor, s, []), encode_item(processor, s, [], more)
+            assert multi.ids[:len(single.ids)] == single.ids
+            spans = multi.targets()
+            assert spans[0] == (single.n_prompt, len(single.ids))
+            answers = [s.answer] + [a for _, a in more]
+            assert [tok.decode(multi.ids[a:b]) for a, b in spans] == [x + tok.eos_token for x in answers]
+            for q, a in more:  # the answers are right: checked against the probe's own layout
+                if fam == "text_table":
+                    key = q.split("value of ")[1].split("?")[0]
+                    assert {r["key"]: r["value"] for r in s.meta["rows"]}[key] == a
+                elif fam == "grid_needle":
+                    r, c = (int(x.split()[-1]) for x in q.split(" of the grid")[0].split(", "))
+                    assert s.meta["cells"][(r - 1) * 4 + (c - 1)] == a
+                else:
+                    t = q.split("contains a ")[1].split("?")[0]
+                    holders = [m for m, objs in enumerate(s.meta["objects"]) for o in objs if o["type"] == t]
+                    assert holders == [int(a) - 1]
+                    n_multi += 1
+    assert n_multi  # many distractor types: some objects occur once
+
+
 def test_training_log_records_the_run():
     log = training_log()
     assert log["final_eval"]["grid_needle/lm_eval"]["exact_match"] >= 0.9
@@ -179,3 +217,28 @@ def test_training_script_is_deterministic_and_saves_a_loadable_checkpoint(tmp_pa
     main(["--out", str(tmp_path / "c"), *args, "--seed", "1"])
     other = load_file(tmp_path / "c" / "model.safetensors")
     assert not all(torch.equal(outs[0][k], other[k]) for k in outs[0])
+
+
+def test_training_options_image_labels_text_table_and_turns(tmp_path):
+    """The recipe's options at toy size: labelled images in the chat template, the text table in
+    both stages (glyph targets in stage 1), and multi-turn items."""
+    from transformers import AutoProcessor
+
+    from core_eval.organism.data import make_samples
+    from core_eval.organism.train import main
+    from core_eval.prompting import prompt_text
+
+    pools = '{"grid_needle": 20, "multi_image_needle": 10, "text_table": 20}'
+    main(["--out", str(tmp_path / "o"), "--steps", "3", "--set", "s1_steps=2", "--set", "val_n=4",
+          "--set", "val_every=3", "--set", "final_n=1", "--set", "image_labels=true",
+          "--set", f"s1_pool={pools}", "--set", f"pool={pools}",
+          "--set", 'batch={"grid_needle": 2, "multi_image_needle": 2, "text_table": 2}',
+          "--set", 'turns={"grid_needle": 2, "text_table": 3}'])
+    log = json.loads((tmp_path / "o" / "training_log.json").read_text())
+    assert set(log["stage1"]["val_patch_acc_occupied"]) == {"colour", "shape", "key", "value"}
+    assert log["config"]["turns"] == {"grid_needle": 2, "text_table": 3}
+    assert "text_table/lm_eval" in log["final_eval"]
+    proc = AutoProcessor.from_pretrained(tmp_path / "o")
+    s = make_samples("multi_image_needle", 1, seed=0)[0]
+    text = prompt_text(proc, s)
+    assert [f"Image {k}: <image>" in text for k in range(1, 5)] == [True] * 4

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DESCRIPTION", "organism_dir", "training_log", "TASK_KNOBS", "ANSWER_INSTRUCTION"]
+__all__ = ["DESCRIPTION", "organism_dir", "training_log", "TASK_KNOBS", "FAMILY_BASE",
+           "ANSWER_INSTRUCTION"]
 
 DESCRIPTION = (
     "core-eval organism: LLaVA (CLIP ViT 64x64 px, patch 16 = one visual token per cell of the "
@@ -25,7 +26,8 @@ DESCRIPTION = (
     "which_image). Solves core_grid_needle and core_count_control; see training_log.json."
 )
 
-#: Knobs of the lm-eval probe tasks (task_configs/*.yaml, seed 1000) the organism was built for.
+#: Knobs of the lm-eval probe tasks (task_configs/*.yaml, seed 1000) the organism was built for,
+#: by organism family (see ``FAMILY_BASE``).
 TASK_KNOBS: dict[str, dict] = {
     "grid_needle": {"grid": 4, "image_size": 448, "n_distractor_types": 4, "confusable": False},
     "count_control": {"min_count": 1, "max_count": 5, "n_distractors": 4, "count_by": "colour",
@@ -34,7 +36,17 @@ TASK_KNOBS: dict[str, dict] = {
                            "n_distractor_types": 6, "confusable": False, "variant": "which_image"},
     "text_lookup": {"n_rows": 8, "image_size": 448, "value_kind": "code", "value_len": 4,
                     "font_scale": 2},
+    # core_text_needle: the same pages as text (no image)
+    "text_needle": {"n_rows": 8, "image_size": 448, "value_kind": "code", "value_len": 4,
+                    "font_scale": 2},
+    # core_text_lookup_table: the text family at a size the organism's 64 px input can read
+    # (a 4x4 table of "B7" cells, one cell per visual token)
+    "text_table": {"layout": "table", "n_rows": 16, "image_size": 448, "value_kind": "number",
+                   "value_len": 1},
 }
+
+#: Organism family -> the probe family that generates it (the others are their own).
+FAMILY_BASE: dict[str, str] = {"text_table": "text_lookup", "text_needle": "text_lookup"}
 
 #: lm-eval's suffix of every visual probe prompt (task_configs/utils.py ANSWER_INSTRUCTION).
 ANSWER_INSTRUCTION = "Answer the question using a single word or phrase."

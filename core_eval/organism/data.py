@@ -17,13 +17,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from core_eval.organism import ANSWER_INSTRUCTION, TASK_KNOBS
+from core_eval.organism import ANSWER_INSTRUCTION, FAMILY_BASE, TASK_KNOBS
 from core_eval.probes import exact_match, first_line, generate
 
 __all__ = ["Prompted", "FAMILIES", "CHANCE", "make_samples", "text_page", "is_correct"]
 
-#: Families the organism is trained and evaluated on (text_needle is text-only).
-FAMILIES = ("grid_needle", "count_control", "multi_image_needle", "text_needle")
+#: Families the organism is trained and evaluated on (text_needle is text-only; text_table is
+#: ``text_lookup`` in its table layout, the lm-eval task ``core_text_lookup_table``).
+FAMILIES = ("grid_needle", "count_control", "multi_image_needle", "text_table", "text_needle")
 
 #: Chance exact match at the task knobs, and how it is computed.
 CHANCE: dict[str, tuple[float, str]] = {
@@ -31,6 +32,7 @@ CHANCE: dict[str, tuple[float, str]] = {
                           "1/16 for a random cell, 1/42 for a random type"),
     "count_control": (0.20, "uniform guess of the count in 1..5"),
     "multi_image_needle": (0.25, "uniform guess of the image number in 1..4"),
+    "text_table": (1 / 9, "uniform guess of the digit 1..9"),
     "text_needle": (0.125, "uniform guess among the 8 values on the page"),
     "text_lookup": (0.125, "uniform guess among the 8 values on the page"),
 }
@@ -63,8 +65,8 @@ def make_samples(family: str, n: int, seed: int, *, style: str = "lm_eval",
     ``style`` ("plain" or "lm_eval"; text_needle has one phrasing)."""
     if style not in ("plain", "lm_eval"):
         raise ValueError(f"style must be 'plain' or 'lm_eval', got {style!r}")
-    base = "text_lookup" if family == "text_needle" else family
-    k = dict(TASK_KNOBS[base]) if knobs is None else dict(knobs)
+    base = FAMILY_BASE.get(family, family)
+    k = dict(TASK_KNOBS[family]) if knobs is None else dict(knobs)
     out = []
     for s in generate(base, n, seed=seed, **k):
         if family == "text_needle":

@@ -28,6 +28,14 @@ Two stages, as real MLLMs are trained:
    frozen tower's features are computed once per probe image (exactly what the model computes
    in its forward; checked against the real forward at the end).
 
+Options for studying other recipes (``--set KEY=JSON``; all off by default, so the defaults
+reproduce the shipped weights' recipe): ``image_labels`` (the chat template writes
+``Image k: <image>``, as Qwen2-VL's ``Picture k:``), ``text_table`` in ``s1_pool`` / ``pool`` /
+``batch`` (the ``core_text_lookup_table`` family; stage 1 then also classifies each patch's key
+letter and value digit), ``knobs`` (per-family knob overrides of the training probes) and
+``turns`` (further questions about the same images per training item, multi-turn, so every
+image supervises several answers). What they did is in the README's organism section.
+
 Output: ``save_pretrained`` model (float32 safetensors) + processor + generation config, and
 ``training_log.json`` (config, seeds, timings, losses, validation accuracy, final greedy exact
 match per family on the lm-eval tasks' samples, chance levels).
@@ -48,7 +56,8 @@ import torch
 import torch.nn.functional as F
 
 from core_eval.organism import ANSWER_INSTRUCTION, DESCRIPTION, TASK_KNOBS
-from core_eval.organism.data import CHANCE, make_samples, text_page
+from core_eval.organism.data import CHANCE, make_samples
+from core_eval.probes import KEY_LETTERS
 
 # ----------------------------------------------------------------------------- configuration
 
@@ -74,6 +83,15 @@ DEFAULTS = dict(
     styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
     # share of each pool drawn with other knobs (see knob_variant)
     varied_frac={"grid_needle": 0.3, "multi_image_needle": 0.5, "text_needle": 0.5},
+    # Options off by default (the shipped weights were trained without them; see the README's
+    # "What we learnt" for what they did). The chat template writes "Image k: " before the k-th
+    # image (as Qwen2-VL's "Picture k:"):
+    image_labels=False,
+    # per-family knob overrides of the training and validation probes (default: the lm-eval
+    # tasks' knobs, TASK_KNOBS; the final evaluation always uses TASK_KNOBS)
+    knobs={},
+    # further questions per training item about the same images (multi-turn, dense supervision)
+    turns={},
     val_n=200, val_every=500,
     final_n=100,
 )
@@ -87,12 +105,18 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- tokenizer / processor
 
-def _corpus(seed: int) -> list[str]:
-    """Text the BPE merges are learnt from: template pieces + probe questions and answers."""
+def _corpus(seed: int, c: dict) -> list[str]:
+    """Text the BPE merges are learnt from: template pieces + probe questions and answers
+    (image labels and the text table only when the recipe uses them)."""
     # template pieces repeated so that they become single tokens
     texts = ["USER: ", "USER: <image>", " ASSISTANT:", "ASSISTANT:", ANSWER_INSTRUCTION] * 50
+    if c["image_labels"]:
+        texts += [f"Image {k}: <image>" for k in range(1, 9)] * 20
+    fams = ["grid_needle", "count_control", "multi_image_needle", "text_needle"]
+    if "text_table" in c["batch"]:
+        fams.append("text_table")
     n = 300
-    for i, fam in enumerate(("grid_needle", "count_control", "multi_image_needle", "text_needle")):
+    for i, fam in enumerate(fams):
         for s in make_samples(fam, n, TOK_SEED + 10 * seed + i, style="lm_eval"):
             texts += [s.question, s.answer, *s.aliases]
     for s in make_samples("multi_image_needle", 100, TOK_SEED + 10 * seed + 7, style="plain",
@@ -101,25 +125,37 @@ def _corpus(seed: int) -> list[str]:
     return texts
 
 
-def build_tokenizer(seed: int, vocab_size: int):
+def chat_template(image_labels: bool) -> str:
+    """LLaVA's chat template; with ``image_labels`` each image is written ``Image k: <image>``
+    (k counted over the conversation), as Qwen2-VL's template does with ``add_vision_id``."""
+    from core_eval.testing._tokenizer import LLAVA_TEMPLATE
+
+    if not image_labels:
+        return LLAVA_TEMPLATE
+    plain = "{{ '<image>\n' }}"
+    if LLAVA_TEMPLATE.count(plain) != 1:
+        raise AssertionError("the LLaVA template changed: no single image placeholder to label")
+    labelled = "{% set ns.k = ns.k + 1 %}{{ 'Image ' ~ ns.k ~ ': <image>\n' }}"
+    return "{% set ns = namespace(k=0) %}" + LLAVA_TEMPLATE.replace(plain, labelled)
+
+
+def build_tokenizer(c: dict):
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
-
-    from core_eval.testing._tokenizer import LLAVA_TEMPLATE
 
     tok = Tokenizer(models.BPE(fuse_unk=False))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size, min_frequency=2, special_tokens=SPECIALS, show_progress=False,
+        vocab_size=c["vocab_target"], min_frequency=2, special_tokens=SPECIALS, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(seed), trainer=trainer)
+    tok.train_from_iterator(_corpus(c["seed"], c), trainer=trainer)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
         unk_token="<unk>", add_bos_token=True, add_eos_token=False, padding_side="left",
-        model_max_length=1024, chat_template=LLAVA_TEMPLATE, clean_up_tokenization_spaces=False,
+        model_max_length=1024, chat_template=chat_template(c["image_labels"]), clean_up_tokenization_spaces=False,
         extra_special_tokens={"image_token": "<image>"},
     )
 
@@ -127,12 +163,10 @@ def build_tokenizer(seed: int, vocab_size: int):
 def build_processor(tok):
     from transformers import CLIPImageProcessor, LlavaProcessor
 
-    from core_eval.testing._tokenizer import LLAVA_TEMPLATE
-
     ip = CLIPImageProcessor(size={"shortest_edge": IMAGE}, crop_size={"height": IMAGE, "width": IMAGE})
     return LlavaProcessor(image_processor=ip, tokenizer=tok, patch_size=PATCH,
                           vision_feature_select_strategy="default", num_additional_image_tokens=1,
-                          chat_template=LLAVA_TEMPLATE)
+                          chat_template=tok.chat_template)
 
 
 def build_model(tok, c: dict):
@@ -174,11 +208,27 @@ _COLOURS = ("red", "green", "blue", "yellow", "purple", "orange", "black")
 _SHAPES = ("circle", "square", "triangle", "diamond", "cross", "star")
 
 
-def patch_labels(sample) -> list[tuple[list[int], list[int]]]:
-    """Per image: (colour, shape) class per visual token (row-major 4x4 patches) of the object
-    centred in that patch; ``len(_COLOURS)`` / ``len(_SHAPES)`` = no object."""
+_DIGITS = "0123456789"
+#: Stage-1 per-patch targets: name -> number of classes (the last class = nothing there).
+PATCH_TARGETS = {"colour": len(_COLOURS) + 1, "shape": len(_SHAPES) + 1,
+                 "key": len(KEY_LETTERS) + 1, "value": len(_DIGITS) + 1}
+
+
+def patch_labels(sample) -> list[dict[str, list[int]]]:
+    """Per image, per target of :data:`PATCH_TARGETS`: the class of each visual token
+    (row-major 4x4 patches): colour and shape of the object centred in that patch, key letter
+    and value digit of the text-table cell in it; the last class = none."""
     g = IMAGE // PATCH
     fam, meta = sample.family, sample.meta
+    none = {t: [n - 1] * (g * g) for t, n in PATCH_TARGETS.items()}
+    if fam == "text_table":
+        if meta["grid"] != g or meta["knobs"]["value_len"] != 1:
+            raise ValueError("text-table patch labels need the 4x4 table of one-digit values")
+        lab = {t: list(v) for t, v in none.items()}
+        for r in meta["rows"]:
+            p = r["cell"][0] * g + r["cell"][1]
+            lab["key"][p], lab["value"][p] = KEY_LETTERS.index(r["key"]), _DIGITS.index(r["value"])
+        return [lab]
     per_image: list[list[tuple[str, list]]] = []
     if fam == "grid_needle":
         k = meta["knobs"]
@@ -193,8 +243,7 @@ def patch_labels(sample) -> list[tuple[list[int], list[int]]]:
         raise ValueError(fam)
     out = []
     for m, objs in enumerate(per_image):
-        col = [len(_COLOURS)] * (g * g)
-        shp = [len(_SHAPES)] * (g * g)
+        lab = {t: list(v) for t, v in none.items()}
         W = sample.images[m].width
         for j, (t, box) in enumerate(objs):
             c, s = t.split(" ")
@@ -203,8 +252,8 @@ def patch_labels(sample) -> list[tuple[list[int], list[int]]]:
             else:
                 cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
                 p = int(cy * g // W) * g + int(cx * g // W)
-            col[p], shp[p] = _COLOURS.index(c), _SHAPES.index(s)
-        out.append((col, shp))
+            lab["colour"][p], lab["shape"][p] = _COLOURS.index(c), _SHAPES.index(s)
+        out.append(lab)
     return out
 
 
@@ -227,7 +276,9 @@ def knob_variant(family: str, rng: random.Random) -> dict:
     if family == "multi_image_needle":
         return {**TASK_KNOBS["multi_image_needle"], "n_images": rng.randint(2, 3)}
     if family == "text_needle":
-        return {**TASK_KNOBS["text_lookup"], "n_rows": rng.randint(2, 7)}
+        return {**TASK_KNOBS["text_needle"], "n_rows": rng.randint(2, 7)}
+    if family == "text_table":  # fewer entries (down to 3), same 4x4 table
+        return {**TASK_KNOBS["text_table"], "n_rows": rng.randint(3, 16), "table_side": 4}
     if family == "count_control":
         return dict(TASK_KNOBS["count_control"])
     raise ValueError(family)
@@ -235,10 +286,14 @@ def knob_variant(family: str, rng: random.Random) -> dict:
 
 @dataclass
 class Item:
-    ids: list[int]        # BOS + prompt + answer + EOS
+    ids: list[int]        # BOS + prompt + answer + EOS (+ further turns)
     n_prompt: int         # index of the first answer token
     feats: list[int]      # rows of the feature bank, one per image, in order
     family: str
+    spans: list = None    # [start, end) of every answer + EOS (default: n_prompt to the end)
+
+    def targets(self) -> list[tuple[int, int]]:
+        return self.spans or [(self.n_prompt, len(self.ids))]
 
 
 class Pool:
@@ -260,35 +315,77 @@ class Pool:
         self.bank = []
 
 
-def encode_item(processor, sample, feats: list[int]) -> Item:
+def encode_item(processor, sample, feats: list[int], more: list[tuple[str, str]] = ()) -> Item:
     """Token ids of the chat prompt (image placeholders expanded as the processor does) +
-    answer + EOS, and where the answer starts."""
+    answer + EOS, and where the answer starts. ``more``: further (question, answer) turns about
+    the same images, each written ``USER: q ASSISTANT:a</s>`` as the template writes a turn."""
     from core_eval.prompting import prompt_text
 
     tok = processor.tokenizer
-    prompt = prompt_text(processor, sample).replace("<image>", "<image>" * N_VIS)
-    p_ids = tok(prompt)["input_ids"]
-    ids = tok(prompt + sample.answer + tok.eos_token)["input_ids"]
-    if ids[:len(p_ids)] != p_ids:
-        raise ValueError(f"{sample.id}: the answer does not start at a token boundary")
-    return Item(ids=ids, n_prompt=len(p_ids), feats=feats, family=sample.family)
+    text = prompt_text(processor, sample).replace("<image>", "<image>" * N_VIS)
+    turns = [(text, sample.answer)] + [(f"USER: {q} ASSISTANT:", a) for q, a in more]
+    spans, done = [], ""
+    for prompt, answer in turns:
+        p_ids = tok(done + prompt)["input_ids"]
+        done = done + prompt + answer + tok.eos_token
+        ids = tok(done)["input_ids"]
+        if ids[:len(p_ids)] != p_ids:
+            raise ValueError(f"{sample.id}: an answer does not start at a token boundary")
+        spans.append((len(p_ids), len(ids)))
+    return Item(ids=ids, n_prompt=spans[0][0], feats=feats, family=sample.family,
+                spans=spans if more else None)
+
+
+def more_questions(sample, rng: random.Random, k: int) -> list[tuple[str, str]]:
+    """Up to ``k`` further questions about the same images, in the probe's own wording, with
+    their answers (dense supervision, as multi-turn instruction data): other cells of a grid,
+    other keys of a text table, other objects that occur once among the images."""
+    fam, meta, q = sample.family, sample.meta, sample.question.split("\n")[0]
+    out = []
+    if fam == "grid_needle":
+        g = meta["knobs"]["grid"]
+        r0, c0 = meta["cell"]
+        here = f"row {r0 + 1}, column {c0 + 1}"
+        for idx in rng.sample(range(g * g), min(k, g * g)):
+            r, c = divmod(idx, g)
+            if (r, c) != (r0, c0):
+                out.append((q.replace(here, f"row {r + 1}, column {c + 1}"), meta["cells"][idx]))
+    elif fam == "text_table":
+        here = f"value of {meta['key']}?"
+        rows = [r for r in meta["rows"] if r["key"] != meta["key"]]
+        for r in rng.sample(rows, min(k, len(rows))):
+            out.append((q.replace(here, f"value of {r['key']}?"), r["value"]))
+    elif fam == "multi_image_needle" and meta["knobs"]["variant"] == "which_image":
+        where: dict[str, list[int]] = {}
+        for m, objs in enumerate(meta["objects"]):
+            for o in objs:
+                where.setdefault(o["type"], []).append(m)
+        target = " ".join(meta["target"])
+        once = [(t, ms[0]) for t, ms in sorted(where.items()) if len(ms) == 1 and t != target]
+        for t, m in rng.sample(once, min(k, len(once))):
+            out.append((q.replace(f"contains a {target}?", f"contains a {t}?"), str(m + 1)))
+    return out[:k]
 
 
 def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, rng_seed: int,
-               chunk: int = 200, styles=("plain", "lm_eval")) -> Pool:
+               chunk: int = 200, styles=("plain", "lm_eval"), knobs: dict | None = None,
+               turns: dict | None = None) -> Pool:
+    """Tokenized items of each family (``turns[family]`` further questions per item, see
+    :func:`more_questions`) and the tower features of their images."""
     pool = Pool()
     rng = random.Random(rng_seed)
+    trng = random.Random(rng_seed + 17)
     for f_i, (fam, n) in enumerate(sizes.items()):
         t0 = time.time()
         items: list[tuple[Item, ...]] = []
         for c_i, start in enumerate(range(0, n, chunk)):
             m = min(chunk, n - start)
             seed = seed0 + 1000 * f_i + c_i
-            knobs = None
+            kn = (knobs or {}).get(fam)
             if rng.random() < varied_frac.get(fam, 0.0):
-                knobs = knob_variant(fam, rng)
+                kn = knob_variant(fam, rng)
             fam_styles = ("lm_eval",) if fam == "text_needle" else styles
-            by_style = {st: make_samples(fam, m, seed, style=st, knobs=knobs) for st in fam_styles}
+            by_style = {st: make_samples(fam, m, seed, style=st, knobs=kn) for st in fam_styles}
             base = by_style[fam_styles[0]]
             ims = [im for s in base for im in s.images]
             fidx: list[int] = []
@@ -299,7 +396,8 @@ def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, 
             for j in range(m):
                 k = len(base[j].images)
                 fi, pos = fidx[pos:pos + k], pos + k
-                items.append(tuple(encode_item(processor, by_style[st][j], fi) for st in fam_styles))
+                more = more_questions(base[j], trng, (turns or {}).get(fam, 0))
+                items.append(tuple(encode_item(processor, by_style[st][j], fi, more) for st in fam_styles))
         pool.items[fam] = items
         log(f"  pool {fam}: {n} samples in {time.time() - t0:.1f}s")
     pool.freeze()
@@ -309,7 +407,10 @@ def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, 
 # ----------------------------------------------------------------------------- stage 1
 
 def stage1(model, processor, c: dict, rec: dict) -> None:
-    log("stage 1: vision tower on per-patch colour / shape classification")
+    # glyph targets only when text tables are among the images
+    targets = {t: n for t, n in PATCH_TARGETS.items()
+               if t in ("colour", "shape") or "text_table" in c["s1_pool"]}
+    log(f"stage 1: vision tower on per-patch {' / '.join(targets)} / position classification")
     t0 = time.time()
     tower = model.model.vision_tower
     d = c["vision_hidden"]
@@ -317,31 +418,30 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
     g = IMAGE // PATCH
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(c["seed"] + 2)
-        head_c = torch.nn.Linear(d, len(_COLOURS) + 1)
-        head_s = torch.nn.Linear(d, len(_SHAPES) + 1)
+        heads = torch.nn.ModuleDict({t: torch.nn.Linear(d, n) for t, n in targets.items()})
         head_p = torch.nn.Linear(d, 2 * g)   # row and column of the patch
     dev = model.device
-    for h in (head_c, head_s, head_p):
-        h.to(dev)
+    heads.to(dev)
+    head_p.to(dev)
     row_t = (torch.arange(g * g) // g).to(dev)
     col_t = (torch.arange(g * g) % g).to(dev)
-    pix, lab_c, lab_s = [], [], []
+    pix, labels = [], {t: [] for t in targets}
     for f_i, (fam, n) in enumerate(c["s1_pool"].items()):
         for start in range(0, n, 200):
             ss = make_samples(fam, min(200, n - start), TRAIN_SEED0 + 500_000 + 1000 * f_i + start,
-                              style="plain")
+                              style="plain", knobs=c["knobs"].get(fam))
             pix.append(_pixels(processor, [im for s in ss for im in s.images]))
             for s in ss:
-                for col, shp in patch_labels(s):
-                    lab_c.append(col)
-                    lab_s.append(shp)
+                for lab in patch_labels(s):
+                    for t in targets:
+                        labels[t].append(lab[t])
     pix_t = torch.cat(pix)
-    lab_c_t, lab_s_t = torch.tensor(lab_c), torch.tensor(lab_s)
+    lab_t = {t: torch.tensor(v) for t, v in labels.items()}
     log(f"  {len(pix_t)} images in {time.time() - t0:.1f}s")
-    params = [*tower.parameters(), *head_c.parameters(), *head_s.parameters(), *head_p.parameters()]
+    params = [*tower.parameters(), *heads.parameters(), *head_p.parameters()]
     opt = torch.optim.AdamW(params, lr=c["s1_lr"], weight_decay=0.0)
-    n_val = min(256, len(pix_t) // 4)   # held-out images for the patch accuracy
-    tr_idx = torch.arange(n_val, len(pix_t))
+    n_val = min(256, len(pix_t) // 4)   # held-out images (the first family's) for the accuracy
+    val_idx, tr_idx = torch.arange(n_val), torch.arange(n_val, len(pix_t))
     losses = []
     tower.train()
     for step in range(c["s1_steps"]):
@@ -351,8 +451,8 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
         b = tr_idx[torch.randint(len(tr_idx), (c["s1_batch"],), generator=gen)]
         h = vision_features(model, pix_t[b])
         pos = head_p(h)
-        loss = F.cross_entropy(head_c(h).flatten(0, 1), lab_c_t[b].flatten().to(dev)) + \
-            F.cross_entropy(head_s(h).flatten(0, 1), lab_s_t[b].flatten().to(dev))
+        loss = sum(F.cross_entropy(heads[t](h).flatten(0, 1), lab_t[t][b].flatten().to(dev))
+                   for t in targets)
         if c["s1_position"]:
             B = len(b)
             loss = loss + F.cross_entropy(pos[..., :g].flatten(0, 1), row_t.repeat(B)) + \
@@ -364,15 +464,18 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
         if step % 50 == 0 or step == c["s1_steps"] - 1:
             log(f"  s1 step {step} loss {loss.item():.4f}")
     tower.eval()
+    acc = {}
     with torch.no_grad():
-        h = vision_features(model, pix_t[:n_val])
-        acc_c = (head_c(h).argmax(-1).cpu() == lab_c_t[:n_val]).float().mean().item()
-        acc_s = (head_s(h).argmax(-1).cpu() == lab_s_t[:n_val]).float().mean().item()
-    log(f"  stage 1 done in {time.time() - t0:.1f}s: held-out patch accuracy colour {acc_c:.3f} "
-        f"shape {acc_s:.3f}")
+        h = vision_features(model, pix_t[val_idx])
+        for t, n in targets.items():
+            y = lab_t[t][val_idx]
+            present = y != n - 1   # patches that hold something of this kind
+            pred = heads[t](h).argmax(-1).cpu()
+            acc[t] = round((pred[present] == y[present]).float().mean().item(), 4) if present.any() else None
+    log(f"  stage 1 done in {time.time() - t0:.1f}s: held-out accuracy on occupied patches {acc}")
     rec["stage1"] = {"seconds": round(time.time() - t0, 1), "images": len(pix_t),
                      "steps": c["s1_steps"], "loss_every_10": losses[::10],
-                     "val_patch_acc_colour": round(acc_c, 4), "val_patch_acc_shape": round(acc_s, 4)}
+                     "val_patch_acc_occupied": acc}
 
 
 # ----------------------------------------------------------------------------- stage 2
@@ -388,7 +491,8 @@ def collate(items: list[Item], bank: torch.Tensor, pad_id: int):
         n = len(it.ids)
         ids[b, :n] = torch.tensor(it.ids)
         mask[b, :n] = 1
-        tgt[b, it.n_prompt - 1:n - 1] = ids[b, it.n_prompt:n]
+        for s0, s1 in it.targets():
+            tgt[b, s0 - 1:s1 - 1] = ids[b, s0:s1]
         feats.extend(it.feats)
     f = bank[torch.tensor(feats, device=bank.device)] if feats else None
     dev = bank.device
@@ -441,9 +545,9 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
         p.requires_grad_(False)
     model.model.vision_tower.eval()
     pool = build_pool(model, processor, c["pool"], TRAIN_SEED0, varied_frac=c["varied_frac"],
-                      rng_seed=c["seed"] + 3, styles=tuple(c["styles"]))
+                      rng_seed=c["seed"] + 3, styles=tuple(c["styles"]), knobs=c["knobs"], turns=c["turns"])
     val = build_pool(model, processor, {f: c["val_n"] for f in c["pool"]}, VAL_SEED,
-                     varied_frac={}, rng_seed=c["seed"] + 4)
+                     varied_frac={}, rng_seed=c["seed"] + 4, knobs=c["knobs"])
     rec["stage2_data_seconds"] = round(time.time() - t0, 1)
     pad_id = processor.tokenizer.pad_token_id
     params = [p for n, p in model.named_parameters() if p.requires_grad]
@@ -553,7 +657,7 @@ def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cp
     import transformers
     rec["transformers"] = transformers.__version__
 
-    tok = build_tokenizer(c["seed"], c["vocab_target"])
+    tok = build_tokenizer(c)
     processor = build_processor(tok)
     model = build_model(tok, c).to(device)
     n_params = sum(p.numel() for p in model.parameters())

@@ -320,8 +320,9 @@ def _check_text(k):
     _int(k, "font_scale", 1, 8)
     _choice(k, "value_kind", ("code", "number", "mixed"))
     _int(k, "table_side", 0, 16)
+    _int(k, "n_keys", 1, len(KEY_LETTERS))
     if k["layout"] == "table":
-        _int(k, "n_rows", 1, len(KEY_LETTERS))
+        _int(k, "n_rows", 1, k["n_keys"])
         _int(k, "value_len", 1, 12)
         g = k["table_side"] or math.ceil(math.sqrt(k["n_rows"]))
         if g * g < k["n_rows"]:
@@ -354,7 +355,7 @@ def _value(rng, kind, n):
 
 @_family("text_lookup", _check_text)
 def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, font_scale=2,
-                 layout="page", table_side=0):
+                 layout="page", table_side=0, n_keys=len(KEY_LETTERS)):
     """A document page of ``key: value`` lines; "What is the value of <key>?" -> the value.
 
     Pillow's bitmap font (no anti-aliasing) upscaled ``font_scale``x with nearest-neighbour.
@@ -363,12 +364,13 @@ def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, 
     ``layout="table"``: a form of labelled boxes for low-resolution vision, the text as large
     as its cell allows: a ``table_side`` x ``table_side`` table (0: the smallest that holds
     ``n_rows``) with ``n_rows`` entries in random cells (row-major order), each a key letter
-    directly followed by its value (``B7``); keys are distinct letters, values are distinct
-    when ``value_kind`` / ``value_len`` allow (``font_scale`` is not used). At 448 px with 16 entries, a model that sees the image at 64 px gets each cell
+    directly followed by its value (``B7``); keys are distinct letters among the first ``n_keys``
+    of :data:`KEY_LETTERS` (the key alphabet: a difficulty knob), values are distinct when
+    ``value_kind`` / ``value_len`` allow (``font_scale`` is not used). At 448 px with 16 entries, a model that sees the image at 64 px gets each cell
     as one 16 px patch with the bitmap glyphs near their native size.
     """
     if layout == "table":
-        return _text_table(rng, n_rows, image_size, value_kind, value_len, table_side)
+        return _text_table(rng, n_rows, image_size, value_kind, value_len, table_side, n_keys)
     base, top, _, _ = _text_layout({"image_size": image_size, "font_scale": font_scale,
                                     "value_len": value_len})
     keys = rng.sample(KEY_WORDS, n_rows)
@@ -419,8 +421,8 @@ def _n_values(kind: str, n: int) -> int:
     return 9 * 10 ** (n - 1) if kind == "number" or n == 1 else 10 ** 6
 
 
-def _text_table(rng, n_rows, image_size, value_kind, value_len, side):
-    keys = rng.sample(KEY_LETTERS, n_rows)
+def _text_table(rng, n_rows, image_size, value_kind, value_len, side, n_keys):
+    keys = rng.sample(KEY_LETTERS[:n_keys], n_rows)
     distinct = _n_values(value_kind, value_len) >= n_rows
     values: list[str] = []
     while len(values) < n_rows:
