@@ -342,6 +342,11 @@ def test_speed_file_formats(real, tmp_path):
         tables.append(rep.speed)
     pd.testing.assert_frame_equal(tables[0].drop(columns="memory_ratio"), tables[1].drop(columns="memory_ratio"))
     assert read_speed(js).speedup.tolist() == [1.5, 1.2, 2.0]
+    # an entry may name a run by the folder it was read from (lm_eval's --output_path)
+    by_folder = tmp_path / "by_folder.json"
+    by_folder.write_text(json.dumps({Path(real.explicit).name: 1.7}))
+    sp = build_report([real.explicit, real.masks, real.base], speed=by_folder, n_boot=N_BOOT).speed
+    assert sp.set_index("label").loc["zero explicit (3 heads)", "speedup"] == 1.7
     bad = tmp_path / "bad.csv"
     bad.write_text("run,speedup\nx,fast\n")
     with pytest.raises(CorruptFileError, match="speedup 'fast' is not a number"):

@@ -19,6 +19,13 @@ def load_run(arg: str | os.PathLike | Run, *, source: str = "auto", timestamp: s
     """All runs one RUN argument stands for (a folder may hold several models)."""
     if isinstance(arg, Run):
         return [arg]
+    runs = _load_run(arg, source=source, timestamp=timestamp, all_results=all_results)
+    for r in runs:
+        r.arg = os.fspath(split_run_arg(arg)[0])
+    return runs
+
+
+def _load_run(arg, *, source: str, timestamp: str | None, all_results: bool) -> list[Run]:
     if source not in SOURCES:
         raise ValueError(f"source={source!r}: use one of {', '.join(SOURCES)}")
     if source == "lm_eval":

@@ -153,6 +153,7 @@ class Run:
     tasks_with_samples: set[str] = field(default_factory=set)
     timestamp: str = ""
     notes: list[str] = field(default_factory=list)
+    arg: str = ""  # the RUN argument it was read from (a speed file may name a run by it)
 
     @property
     def label(self) -> str:

@@ -3,7 +3,8 @@
 ``speedup`` is baseline time / run time (> 1: faster), measured on the same model and inputs; a
 baseline without an entry counts as 1.0. Each entry names a run by its label (e.g.
 ``streaming window=256 full=top-5% (7 full heads)``), its run name (``<model>@<timestamp>``,
-shown in ``runs.csv``) or its results path. Accepted files:
+shown in ``runs.csv``), its results path or the RUN argument it was read from (e.g. lm-eval's
+``--output_path`` folder, or that folder's name). Accepted files:
 
 * CSV: a header with a key column ``run`` (or ``label`` / ``name``) and ``speedup``; further
   numeric columns (e.g. ``prefill_speedup``, ``memory_ratio``) are carried into the table.

@@ -8,6 +8,7 @@ task has (filter ``none`` first), unless overridden with ``task=metric`` or ``me
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Iterable
 
 import numpy as np
@@ -122,7 +123,10 @@ def curves_table(comparison: pd.DataFrame, runs: list[Run], baselines: dict, pri
 
 def _match_keys(run: Run, display: str) -> set[str]:
     p = run.path
-    return {display, run.label, run.name, str(p), str(p.parent), p.name, p.parent.name}
+    keys = {display, run.label, run.name, str(p), str(p.parent), p.name, p.parent.name}
+    if run.arg:  # the folder given as RUN, e.g. lm_eval's --output_path
+        keys |= {run.arg, Path(run.arg).name}
+    return keys
 
 
 def speed_table(speed: pd.DataFrame, runs: list[Run], labels: dict[str, str], comparison: pd.DataFrame,
