@@ -91,3 +91,15 @@ def visual_or_stand_in(model, ids):
         v = torch.zeros_like(ids, dtype=torch.bool)
         v[:, 20:60] = True
     return v
+
+
+@pytest.fixture(scope="session")
+def tu():
+    """``task_configs/utils.py`` loaded by path, as lm-eval loads it."""
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "task_configs" / "utils.py"
+    spec = importlib.util.spec_from_file_location("core_task_configs_utils", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod

@@ -6,7 +6,6 @@ seed (1000), which training never used.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -52,18 +51,17 @@ def test_loads_like_any_checkpoint(organism):
     assert processor.image_processor.crop_size["height"] // processor.patch_size == TASK_KNOBS["grid_needle"]["grid"]
 
 
-def test_task_knobs_match_the_lm_eval_tasks():
+def test_task_knobs_match_the_lm_eval_tasks(tu):
     files = {"grid_needle": "core_grid_needle.yaml", "count_control": "core_count_control.yaml",
-             "multi_image_needle": "core_multi_image_needle.yaml", "text_lookup": "core_text_lookup.yaml"}
+             "multi_image_needle": "core_multi_image_needle.yaml", "text_lookup": "core_text_lookup.yaml",
+             "text_table": "core_text_lookup_table.yaml", "text_needle": "core_text_needle.yaml"}
+    assert set(files) == set(TASK_KNOBS)
     for fam, f in files.items():
         text = "\n".join(l for l in (TASKS / f).read_text().splitlines() if "!function" not in l)
         y = yaml.safe_load(text)
         assert y["dataset_kwargs"]["probe_knobs"] == TASK_KNOBS[fam], fam
         assert y["dataset_kwargs"]["probe_seed"] == 1000
-    spec = importlib.util.spec_from_file_location("_task_utils", TASKS / "utils.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.ANSWER_INSTRUCTION == ANSWER_INSTRUCTION
+    assert tu.ANSWER_INSTRUCTION == ANSWER_INSTRUCTION
 
 
 def test_grid_needle_held_out_exact_match(organism):

@@ -7,7 +7,6 @@ task's own dataset hook, ``task_configs/utils.py::probe_dataset``, loaded by pat
 
 from __future__ import annotations
 
-import importlib.util
 import json
 
 import pytest
@@ -34,14 +33,6 @@ def _visual_tasks() -> dict[str, dict]:
         if "task" in y and "custom_dataset: !function utils.probe_dataset" in text:
             out[y["task"]] = y["dataset_kwargs"]
     return out
-
-
-@pytest.fixture(scope="module")
-def tu():
-    spec = importlib.util.spec_from_file_location("core_task_utils_for_probe_tasks", TASKS / "utils.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def test_every_visual_task_gives_its_own_datasets_samples(tu):

@@ -7,7 +7,6 @@ counts, logged docs with boxes, one image placeholder per image in the prompts).
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -42,15 +41,6 @@ GROUPS = {
                          "core_multi_image_needle_8img", "core_multi_image_needle_right_of",
                          "core_text_lookup_24rows", "core_count_control_dense"],
 }
-
-
-@pytest.fixture(scope="module")
-def tu():
-    """``task_configs/utils.py`` loaded by path, as lm-eval does."""
-    spec = importlib.util.spec_from_file_location("core_task_configs_utils", TASK_DIR / "utils.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def _boxes_ok(boxes, sizes):
