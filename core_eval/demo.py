@@ -59,14 +59,9 @@ def _done(t0: float, what: str = "") -> None:
 
 def _task_knobs(task: str) -> dict:
     """The probe knobs a task config generates with (so scoring sees the evaluation's layout)."""
-    import yaml
+    from core_eval.probes.tasks import probe_tasks
 
-    from core_eval.resources import tasks_dir
-
-    text = (tasks_dir() / f"{task}.yaml").read_text()
-    data = yaml.safe_load(text.replace("!function", "")) or {}
-    kwargs = data.get("dataset_kwargs", {}) or {}
-    return dict(kwargs.get("probe_knobs") or kwargs.get("knobs") or {})
+    return dict(probe_tasks()[task].knobs)
 
 
 def _lm_eval(model_dir: Path, args: str, tasks, limit: int, out: Path, log) -> Path:
