@@ -25,7 +25,7 @@ import json
 from typing import Any
 
 from core_eval.probes import (
-    PROBE_FAMILIES, exact_match, family_knobs, first_line, load_probe, relaxed_match, to_hf_dataset,
+    PROBE_FAMILIES, family_knobs, load_probe, probe_scores, to_hf_dataset,
 )
 
 #: Appended after every visual probe question (the LLaVA short-answer convention).
@@ -177,9 +177,4 @@ def doc_to_images(doc: dict) -> list:
 def process_results(doc: dict, results: list) -> dict:
     """``exact_match`` on the first non-empty line of the generation, ``relaxed_match`` on all
     of it, both against the gold answer and its aliases (core_eval.probes metrics)."""
-    pred = results[0] if results else ""
-    aliases = list(doc.get("aliases") or [])
-    return {
-        "exact_match": float(exact_match(first_line(pred), doc["answer"], aliases)),
-        "relaxed_match": float(relaxed_match(pred, doc["answer"], aliases)),
-    }
+    return probe_scores(results[0] if results else "", doc["answer"], list(doc.get("aliases") or []))

@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from core_eval.organism import ANSWER_INSTRUCTION, FAMILY_BASE, TASK_KNOBS
-from core_eval.probes import exact_match, first_line, generate
+from core_eval.probes import generate, probe_scores
 
 __all__ = ["Prompted", "FAMILIES", "CHANCE", "make_samples", "text_page", "is_correct"]
 
@@ -83,4 +83,4 @@ def make_samples(family: str, n: int, seed: int, *, style: str = "lm_eval",
 
 def is_correct(pred: str, sample) -> bool:
     """lm-eval's ``exact_match`` of the probe tasks: first non-empty line vs gold + aliases."""
-    return bool(exact_match(first_line(pred), sample.answer, sample.aliases))
+    return bool(probe_scores(pred, sample.answer, sample.aliases)["exact_match"])

@@ -162,6 +162,15 @@ def _name(t):
     return f"{t[0]} {t[1]}"
 
 
+def _grid_lines(d, off: int, cell: int, g: int) -> None:
+    """2 px lines centred on the boundaries of a ``g x g`` table of ``cell`` px cells at ``off``."""
+    end = off + g * cell
+    for j in range(g + 1):
+        p = off + j * cell
+        d.rectangle([max(off, p - 1), off, min(end - 1, p), end - 1], fill=GRID_LINE)
+        d.rectangle([off, max(off, p - 1), end - 1, min(end - 1, p)], fill=GRID_LINE)
+
+
 # ----------------------------------------------------------------------------- grid_needle
 
 def _check_grid(k):
@@ -198,11 +207,7 @@ def _grid_needle(rng, grid=4, image_size=448, n_distractor_types=4, confusable=F
         r, col = divmod(idx, g)
         x0, y0 = off + col * c + inset, off + r * c + inset
         draw_shape(d, shape, PALETTE[colour], (x0, y0, x0 + size, y0 + size))
-    end = off + g * c
-    for j in range(g + 1):  # 2 px lines centred on the cell boundaries
-        p = off + j * c
-        d.rectangle([max(off, p - 1), off, min(end - 1, p), end - 1], fill=GRID_LINE)
-        d.rectangle([off, max(off, p - 1), end - 1, min(end - 1, p)], fill=GRID_LINE)
+    _grid_lines(d, off, c, g)
 
     tr, tc = divmod(tcell, g)
     box = Box(0, off + tc * c, off + tr * c, off + (tc + 1) * c, off + (tr + 1) * c)
@@ -366,8 +371,9 @@ def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, 
     ``n_rows``) with ``n_rows`` entries in random cells (row-major order), each a key letter
     directly followed by its value (``B7``); keys are distinct letters among the first ``n_keys``
     of :data:`KEY_LETTERS` (the key alphabet: a difficulty knob), values are distinct when
-    ``value_kind`` / ``value_len`` allow (``font_scale`` is not used). At 448 px with 16 entries, a model that sees the image at 64 px gets each cell
-    as one 16 px patch with the bitmap glyphs near their native size.
+    ``value_kind`` / ``value_len`` allow (``font_scale`` is not used). At 448 px with 16
+    entries, a model that sees the image at 64 px gets each cell as one 16 px patch with the
+    bitmap glyphs near their native size.
     """
     if layout == "table":
         return _text_table(rng, n_rows, image_size, value_kind, value_len, table_side, n_keys)
@@ -439,11 +445,7 @@ def _text_table(rng, n_rows, image_size, value_kind, value_len, side, n_keys):
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1), BACKGROUND))
     im = Image.new("RGB", (image_size, image_size), BACKGROUND)
     d = ImageDraw.Draw(im)
-    for j in range(g + 1):  # 2 px table lines on the cell boundaries
-        p = off + j * cell
-        end = off + g * cell - 1
-        d.rectangle([max(off, p - 1), off, min(end, p), end], fill=GRID_LINE)
-        d.rectangle([off, max(off, p - 1), end, min(end, p)], fill=GRID_LINE)
+    _grid_lines(d, off, cell, g)
     rows, vbox = [], None
     for i, (j, key, val) in enumerate(zip(cells, keys, values)):
         # glyphs as large as the cell allows (90% of it), nearest-neighbour, centred

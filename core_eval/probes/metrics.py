@@ -6,7 +6,7 @@ import re
 import unicodedata
 from collections.abc import Iterable
 
-__all__ = ["normalize_answer", "exact_match", "relaxed_match", "first_line", "NUMBER_WORDS"]
+__all__ = ["normalize_answer", "exact_match", "relaxed_match", "first_line", "probe_scores", "NUMBER_WORDS"]
 
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine",
                 "ten", "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen",
@@ -66,3 +66,10 @@ def relaxed_match(pred, gold, aliases: Iterable[str] = ()) -> bool:
         if m == 1 and (v := _number(toks[0])) is not None and v in pnums:
             return True
     return False
+
+
+def probe_scores(pred, gold, aliases: Iterable[str] = ()) -> dict[str, float]:
+    """The probe tasks' per-sample scores: ``exact_match`` on the first non-empty line of the
+    generation, ``relaxed_match`` on all of it, both against the gold answer and its aliases."""
+    return {"exact_match": float(exact_match(first_line(pred), gold, aliases)),
+            "relaxed_match": float(relaxed_match(pred, gold, aliases))}

@@ -21,7 +21,7 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 
-from core_eval.probes.metrics import exact_match, first_line, relaxed_match
+from core_eval.probes.metrics import probe_scores
 
 SAMPLE_METRICS = ("hit", "exact_match", "relaxed_match", "score", "correct", "match")
 _NOT_METRICS = {"split", "n", "index"}
@@ -72,8 +72,9 @@ def computed_scores(pred: pd.DataFrame) -> dict[str, np.ndarray]:
         answer, aliases = str(answer), _aliases(row.get("aliases"))
         if is_mcq and answer in pred.columns and not pd.isna(row[answer]):
             aliases += [str(row[answer]), f"{answer} {row[answer]}"]
-        em.append(float(exact_match(first_line(p), answer, aliases)))
-        rm.append(float(relaxed_match(p, answer, aliases)))
+        scores = probe_scores(p, answer, aliases)
+        em.append(scores["exact_match"])
+        rm.append(scores["relaxed_match"])
     if is_mcq:
         return {"exact_match": np.array(em)}
     return {"exact_match": np.array(em), "relaxed_match": np.array(rm)}
