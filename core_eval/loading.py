@@ -128,6 +128,7 @@ class Plan:
     means_probes: str = "grid_needle"
     means_n: int = 16
     revision: str | None = None
+    means_record: dict | None = None  # the means file chosen at plan time and how it was computed
 
     @property
     def needs_means(self) -> bool:
@@ -141,11 +142,8 @@ class Plan:
                 raise LoadError("mean ablation without a means file needs the processor to compute head means")
             means_record = _compute_default_means(model, processor, self.variant, self.spec_path,
                                                   self.means_probes, self.means_n, self.pretrained)
-        elif self.variant.name == "mean" and isinstance(self.variant.config.get("means"), (str, Path)):
-            from core_eval.means import head_means_metadata
-
-            path = str(self.variant.config["means"])
-            means_record = {**head_means_metadata(path), "path": path}  # reused: how it was computed
+        elif self.means_record is not None:
+            means_record = dict(self.means_record)
         provenance = {
             "model": {"name_or_path": self.pretrained, "revision": self.revision,
                       "architecture": type(model).__name__},
@@ -211,11 +209,16 @@ def plan(
             meta = head_means_metadata(cached)
             if (meta.get("probes"), meta.get("n"), meta.get("model", str(pretrained))) == \
                     (means_probes, str(means_n), str(pretrained)):
-                means = cached
+                means, p.means_record = cached, {**meta, "path": str(cached)}
         if means is not None:
             if not Path(means).is_file():
                 raise LoadError(f"means={means} does not exist")
             variant.config["means"] = str(means)
+    m = variant.config.get("means")
+    if variant.name == "mean" and isinstance(m, (str, Path)) and p.means_record is None:
+        from core_eval.means import head_means_metadata
+
+        p.means_record = {**head_means_metadata(m), "path": str(m)}  # a given file: how it was computed
     return p
 
 

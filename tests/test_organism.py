@@ -132,7 +132,7 @@ def test_multi_turn_items_supervise_every_answer(organism):
             assert more or fam == "multi_image_needle"  # (its distractor types mostly repeat)
             single, multi = encode_item(processor, s, []), encode_item(processor, s, [], more)
             assert multi.ids[:len(single.ids)] == single.ids
-            spans = multi.targets()
+            spans = multi.spans
             assert spans[0] == (single.n_prompt, len(single.ids))
             answers = [s.answer] + [a for _, a in more]
             assert [tok.decode(multi.ids[a:b]) for a, b in spans] == [x + tok.eos_token for x in answers]

@@ -105,9 +105,10 @@ def log(msg: str) -> None:
 
 # ----------------------------------------------------------------------------- tokenizer / processor
 
-def _corpus(seed: int, c: dict) -> list[str]:
+def _corpus(c: dict) -> list[str]:
     """Text the BPE merges are learnt from: template pieces + probe questions and answers
     (image labels and the text table only when the recipe uses them)."""
+    seed = c["seed"]
     # template pieces repeated so that they become single tokens
     texts = ["USER: ", "USER: <image>", " ASSISTANT:", "ASSISTANT:", ANSWER_INSTRUCTION] * 50
     if c["image_labels"]:
@@ -150,7 +151,7 @@ def build_tokenizer(c: dict):
         vocab_size=c["vocab_target"], min_frequency=2, special_tokens=SPECIALS, show_progress=False,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
-    tok.train_from_iterator(_corpus(c["seed"], c), trainer=trainer)
+    tok.train_from_iterator(_corpus(c), trainer=trainer)
     tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
     return PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
@@ -287,13 +288,14 @@ def knob_variant(family: str, rng: random.Random) -> dict:
 @dataclass
 class Item:
     ids: list[int]        # BOS + prompt + answer + EOS (+ further turns)
-    n_prompt: int         # index of the first answer token
     feats: list[int]      # rows of the feature bank, one per image, in order
     family: str
-    spans: list = None    # [start, end) of every answer + EOS (default: n_prompt to the end)
+    spans: list           # [start, end) of every answer + EOS, one per turn
 
-    def targets(self) -> list[tuple[int, int]]:
-        return self.spans or [(self.n_prompt, len(self.ids))]
+    @property
+    def n_prompt(self) -> int:
+        """Index of the first answer token."""
+        return self.spans[0][0]
 
 
 class Pool:
@@ -332,8 +334,7 @@ def encode_item(processor, sample, feats: list[int], more: list[tuple[str, str]]
         if ids[:len(p_ids)] != p_ids:
             raise ValueError(f"{sample.id}: an answer does not start at a token boundary")
         spans.append((len(p_ids), len(ids)))
-    return Item(ids=ids, n_prompt=spans[0][0], feats=feats, family=sample.family,
-                spans=spans if more else None)
+    return Item(ids=ids, feats=feats, family=sample.family, spans=spans)
 
 
 def more_questions(sample, rng: random.Random, k: int) -> list[tuple[str, str]]:
@@ -491,7 +492,7 @@ def collate(items: list[Item], bank: torch.Tensor, pad_id: int):
         n = len(it.ids)
         ids[b, :n] = torch.tensor(it.ids)
         mask[b, :n] = 1
-        for s0, s1 in it.targets():
+        for s0, s1 in it.spans:
             tgt[b, s0 - 1:s1 - 1] = ids[b, s0:s1]
         feats.extend(it.feats)
     f = bank[torch.tensor(feats, device=bank.device)] if feats else None
@@ -585,7 +586,7 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
             g["lr"] = lr
         # one sub-batch per family (little padding), one optimizer step on the summed loss
         groups = [draw(fam, k) for fam, k in c["batch"].items()]
-        n_tok = sum(len(it.ids) - it.n_prompt for g in groups for it in g)
+        n_tok = sum(e - s for g in groups for it in g for s, e in it.spans)  # answer tokens
         loss, oks = 0.0, []
         for g in groups:
             l_sum, ok = loss_and_acc(model, *collate(g, pool.bank_t, pad_id), reduction="sum")

@@ -64,11 +64,16 @@ def _catalog(folder: str) -> tuple[dict[str, ProbeTask], dict[str, str]]:
     return tasks, other
 
 
-def probe_tasks() -> dict[str, ProbeTask]:
-    """The visual probe tasks shipped in :func:`core_eval.resources.tasks_dir`, by name."""
+def _shipped() -> tuple[dict[str, ProbeTask], dict[str, str]]:
+    """:func:`_catalog` of the task folder shipped in :func:`core_eval.resources.tasks_dir`."""
     from core_eval.resources import tasks_dir
 
-    return dict(_catalog(str(tasks_dir()))[0])
+    return _catalog(str(tasks_dir()))
+
+
+def probe_tasks() -> dict[str, ProbeTask]:
+    """The visual probe tasks shipped with the package, by name."""
+    return dict(_shipped()[0])
 
 
 def resolve_probes(name: str, knobs: dict | None = None) -> tuple[str, dict, ProbeTask | None]:
@@ -81,9 +86,7 @@ def resolve_probes(name: str, knobs: dict | None = None) -> tuple[str, dict, Pro
     knobs = dict(knobs or {})
     if name in PROBE_FAMILIES:
         return name, knobs, None
-    from core_eval.resources import tasks_dir
-
-    tasks, other = _catalog(str(tasks_dir()))
+    tasks, other = _shipped()
     if name in tasks:
         t = tasks[name]
         return t.family, {**t.knobs, **knobs}, t
@@ -94,7 +97,5 @@ def resolve_probes(name: str, knobs: dict | None = None) -> tuple[str, dict, Pro
 
 def probes_help() -> str:
     """One line naming the accepted ``--probes`` values (for error messages)."""
-    from core_eval.resources import tasks_dir
-
-    tasks = _catalog(str(tasks_dir()))[0]
+    tasks = _shipped()[0]
     return f"probe families: {', '.join(sorted(PROBE_FAMILIES))}; probe tasks: {', '.join(sorted(tasks))}"

@@ -254,12 +254,12 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     from core_eval.probes.tasks import resolve_probes
 
     out = Path(out)
-    _, knobs, task = resolve_probes(cfg.probes, cfg.knobs)
+    source, knobs, task = resolve_probes(cfg.probes, cfg.knobs)  # a task name -> its family
     cfg = replace(cfg, knobs=knobs)  # a task name's YAML knobs, recorded in the spec
     if task is not None and cfg.seed == task.eval_seed:
         warnings.warn(f"seed {cfg.seed} is {task.name}'s evaluation seed: the heads are chosen on the very "
                       "samples the task evaluates; score on another seed for a held-out selection", stacklevel=2)
-    samples = load_probe(cfg.probes, n=cfg.n, seed=cfg.seed, image_root=image_root, **cfg.knobs)
+    samples = load_probe(source, n=cfg.n, seed=cfg.seed, image_root=image_root, **cfg.knobs)
     if len(samples) > cfg.n:
         samples = samples[: cfg.n]
     probe_hash = probe_set_hash(samples)
