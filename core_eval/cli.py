@@ -45,7 +45,8 @@ def _score(args) -> int:
     cfg = ScoreConfig(probes=args.probes, n=args.n, seed=args.seed, knobs=json.loads(args.knobs),
                       query_rows=args.query_rows, batch_size=args.batch_size, only_correct=args.only_correct,
                       max_new_tokens=args.max_new_tokens, frac=args.frac)
-    spec = score(args.model, args.out, cfg, image_root=args.image_root, dtype=args.dtype, device=args.device)
+    spec = score(args.model, args.out, cfg, image_root=args.image_root, dtype=args.dtype, device=args.device,
+                 family=args.family)
     if spec is not None:
         sc = spec.scorer
         print(f"wrote {args.out}: {sc['n_used']}/{sc['n_samples']} samples used, accuracy {sc['accuracy']:.3f}, "
@@ -83,6 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(fn=_tiny)
     sub.add_parser("tasks-path", help="print the lm-eval task folder (for --include_path)").set_defaults(
         fn=_tasks_path)
+    from core_eval.loading import add_family_argument
     from core_eval.probes import add_probe_arguments
 
     sc = sub.add_parser("score", help="score every LM head by RAM on probes -> head spec (resumable)")
@@ -90,6 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--out", required=True, help="head-spec JSON to write")
     sc.add_argument("--n", type=int, default=64)
     add_probe_arguments(sc)
+    add_family_argument(sc)
     sc.add_argument("--query-rows", default="answer", choices=["answer", "last", "generate"])
     sc.add_argument("--only-correct", action="store_true", help="only samples the model answers correctly")
     sc.add_argument("--batch-size", type=int, default=8)

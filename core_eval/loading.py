@@ -12,7 +12,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from core_eval.adapters import ModelShape, family_for_config, shape_from_config
+from core_eval.adapters import (
+    ModelShape,
+    UnsupportedArchitectureError,
+    bind_family,
+    check_requirements,
+    family_for_config,
+    shape_from_config,
+)
 from core_eval.intervene import Intervention, apply_intervention, check_heads
 from core_eval.masks import Variant, make_variant
 
@@ -49,6 +56,15 @@ def load_config(pretrained: str | os.PathLike, **kwargs):
             f"pretrained={pretrained!s}: cannot read a transformers config ({e}). Pass a local directory "
             "saved with save_pretrained (config.json inside) or a model id in the local HF cache."
         ) from None
+
+
+FAMILY_HELP = ("model family: a registered name (core-eval families), or pkg.module:obj for a family defined "
+               "outside core_eval (default: the family of the config's model_type)")
+
+
+def add_family_argument(parser) -> None:
+    """``--family`` for every command that loads a model (one declaration)."""
+    parser.add_argument("--family", default=None, help=FAMILY_HELP)
 
 
 def parse_head_list(text: str) -> list[tuple[int, int]]:
@@ -153,6 +169,9 @@ class Plan:
         }
         if means_record:
             provenance["means"] = means_record
+        bind_family(model, self.family)
+        if processor is not None:
+            bind_family(processor, self.family)
         return apply_intervention(model, self.heads, self.variant, provenance=provenance)
 
 
@@ -172,6 +191,7 @@ def plan(
     means_probes: str = "grid_needle",
     means_n: int = 16,
     revision: str | None = None,
+    family: Any = None,
 ) -> Plan:
     """Validate the intervention arguments against the checkpoint's config (no weights read).
 
@@ -180,8 +200,12 @@ def plan(
     from core_eval.spec import HeadSpecError, load_head_spec
 
     config = load_config(pretrained, **({"revision": revision} if revision else {}))
-    family = family_for_config(config)
-    shape = shape_from_config(config)
+    try:
+        family = family_for_config(config, family)
+        check_requirements(family, config=config)
+    except UnsupportedArchitectureError as e:
+        raise LoadError(f"pretrained={pretrained}: {e}") from None
+    shape = shape_from_config(config, family)
 
     spec_path = None
     if spec is not None and not hasattr(spec, "heads"):
@@ -259,6 +283,7 @@ def load(
     revision: str | None = None,
     attn_implementation: str = "sdpa",
     load_processor: bool = True,
+    family: Any = None,
     **from_pretrained_kwargs,
 ) -> Loaded:
     """Load a supported model and processor and apply a head set with a mask variant.
@@ -276,13 +301,15 @@ def load(
         variant_options: options for the variant.
         means: head-means file for ``mean`` (default: ``<spec>.means.safetensors``, computed on
             ``means_n`` generated ``means_probes`` samples when missing).
+        family: the model family (a ``Family``, a registered name or ``"pkg.module:obj"``);
+            default: the registered family of the config's ``model_type``.
         dtype, device, revision, attn_implementation, **from_pretrained_kwargs: passed on.
 
     Returns a :class:`Loaded` whose ``summary`` records what was applied.
     """
     p = plan(pretrained, spec=spec, heads=heads, ablation=ablation, sparse=sparse, frac=frac, k=k, seed=seed,
              threshold=threshold, variant_options=variant_options, means=means,
-             means_probes=means_probes, means_n=means_n, revision=revision)
+             means_probes=means_probes, means_n=means_n, revision=revision, family=family)
     model, processor = _from_pretrained(
         pretrained, family=p.family, dtype=dtype, device=device, revision=revision,
         attn_implementation=attn_implementation, load_processor=load_processor or p.needs_means,
@@ -292,9 +319,25 @@ def load(
     return Loaded(model, processor, intervention, p.spec, intervention.summary())
 
 
+def load_family_processor(pretrained, family, *, revision=None):
+    """The checkpoint's processor (tokenizer for text families), checked against the family's
+    ``requires`` (no weights read)."""
+    import transformers
+
+    pauto = transformers.AutoTokenizer if family.text_config is None else transformers.AutoProcessor
+    processor = pauto.from_pretrained(str(pretrained), **({"revision": revision} if revision else {}))
+    try:
+        check_requirements(family, processor=processor)
+    except UnsupportedArchitectureError as e:
+        raise LoadError(f"pretrained={pretrained}: {e}") from None
+    bind_family(processor, family)
+    return processor
+
+
 def _from_pretrained(pretrained, *, family, dtype, device, revision, attn_implementation, load_processor, **kwargs):
     import transformers
 
+    processor = load_family_processor(pretrained, family, revision=revision) if load_processor else None
     auto = transformers.AutoModelForCausalLM if family.text_config is None else transformers.AutoModelForImageTextToText
     kw = dict(kwargs)
     if revision:
@@ -304,10 +347,7 @@ def _from_pretrained(pretrained, *, family, dtype, device, revision, attn_implem
     if device is not None:
         kw["device_map"] = device
     model = auto.from_pretrained(str(pretrained), attn_implementation=attn_implementation, **kw).eval()
-    processor = None
-    if load_processor:
-        pauto = transformers.AutoTokenizer if family.text_config is None else transformers.AutoProcessor
-        processor = pauto.from_pretrained(str(pretrained), **({"revision": revision} if revision else {}))
+    bind_family(model, family)
     return model, processor
 
 

@@ -19,6 +19,7 @@ CORE_ARGS: dict[str, tuple[type, str]] = {
     "sink": (int, "sink tokens of sparse heads (default 4)"),
     "window": (int, "recent window of sparse heads (default 256)"),
     "kv_policy": (str, "query heads -> full KV heads for sparse: any | all"),
+    "family": (str, "model family: a registered name or pkg.module:obj (default: by the config's model_type)"),
 }
 _VARIANT_OPTIONS = ("sink", "window", "kv_policy")
 
@@ -51,10 +52,11 @@ def parse_core_args(args: dict) -> dict:
 
 
 def make_plan(pretrained, core: dict):
-    """``core_eval.plan`` from parsed :data:`CORE_ARGS` (validates config, spec, heads, variant)."""
-    from core_eval.loading import plan
+    """``core_eval.plan`` from parsed :data:`CORE_ARGS` (validates config, family, spec, heads,
+    variant, and the processor fields the family reads: all before any weights load)."""
+    from core_eval.loading import load_family_processor, plan
 
-    return plan(
+    p = plan(
         pretrained,
         spec=core.get("head_spec"),
         heads=core.get("heads"),
@@ -66,4 +68,8 @@ def make_plan(pretrained, core: dict):
         threshold=core.get("threshold"),
         seed=core.get("seed", 0),
         means=core.get("means"),
+        family=core.get("family"),
     )
+    if any(r.startswith("processor.") for r in p.family.requires):
+        load_family_processor(pretrained, p.family)  # the harness loads its own copy after this
+    return p

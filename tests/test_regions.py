@@ -17,8 +17,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from core_eval.adapters import registered_families
 from core_eval.adapters.regions import (
-    REGION_RULES,
     RegionMappingError,
     image_token_rects,
     region_masks,
@@ -94,19 +94,28 @@ def positions(mask_row):
 # --------------------------------------------------------------------------- registry & errors
 def test_every_vlm_family_has_a_rule_and_text_has_none():
     for fam in (*VLM_FAMILIES, "smolvlm"):
-        assert region_rule(fam).family == fam
+        assert region_rule(fam) is registered_families()[fam].region is not None
     with pytest.raises(RegionMappingError, match="'text' has no region-to-token mapping.*gemma3"):
         region_rule("text")
-    with pytest.raises(RegionMappingError, match="no region-to-token mapping"):
+    with pytest.raises(ValueError, match="'mllama' is not registered"):
         region_rule("mllama")
 
 
-def test_unknown_processor_needs_a_family():
+def test_a_processor_not_loaded_through_core_eval_needs_a_family(tiny_dir):
+    """The family comes from the checkpoint's config (recorded at load time), never from the class name."""
+    from transformers import AutoConfig, AutoProcessor
+
     class OddProcessor:
         image_processor = None
 
-    with pytest.raises(RegionMappingError, match="cannot tell the model family of processor OddProcessor"):
+    with pytest.raises(RegionMappingError, match="OddProcessor was not loaded through core_eval: pass family="):
         image_token_rects(OddProcessor(), (10, 10))
+    bare = AutoProcessor.from_pretrained(tiny_dir("llava"))  # a real LlavaProcessor, but untagged
+    with pytest.raises(RegionMappingError, match="LlavaProcessor was not loaded through core_eval"):
+        image_token_rects(bare, (10, 10))
+    config = AutoConfig.from_pretrained(tiny_dir("llava"))
+    assert torch.equal(image_token_rects(bare, (40, 40), family=config),
+                       image_token_rects(load_processor(tiny_dir("llava")), (40, 40)))
 
 
 def test_mismatched_inputs_raise(proc):
@@ -487,7 +496,9 @@ def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
 
 
 def test_all_registered_rules_are_documented():
-    for rule in REGION_RULES.values():
+    rules = [f.region for f in registered_families().values() if f.region is not None]
+    assert len(rules) >= len(VLM_FAMILIES)
+    for rule in rules:
         assert rule.summary and rule.token_rects.__doc__
 
 

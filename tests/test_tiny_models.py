@@ -51,7 +51,7 @@ MODEL_CLASS = {
 
 def test_family_constants():
     assert set(VLM_FAMILIES) | set(TEXT_FAMILIES) == set(ALL_FAMILIES) == set(EXPECTED)
-    assert {"llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "internvl", "gemma3"} == set(VLM_FAMILIES)
+    assert {"llava", "qwen2_vl", "qwen2_5_vl", "idefics3", "internvl", "gemma3"} <= set(VLM_FAMILIES)
     assert set(EXAMPLE_IMAGE_TOKENS) == set(VLM_FAMILIES)
 
 

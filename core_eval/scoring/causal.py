@@ -611,6 +611,7 @@ def causal_scores(spec, name: str) -> np.ndarray:
 
 def add_causal_parser(subparsers) -> argparse.ArgumentParser:
     """Register ``core-eval causal`` on an ``argparse`` subparsers object."""
+    from core_eval.loading import add_family_argument
     from core_eval.probes import add_probe_arguments
 
     p = subparsers.add_parser(
@@ -622,6 +623,7 @@ def add_causal_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--spec", required=True, help="head spec with RAM scores")
     p.add_argument("--n", type=int, default=32, help="number of samples")
     add_probe_arguments(p, seed_help="probe seed and random-subset seed")
+    add_family_argument(p)
     p.add_argument("--mode", default="zero", choices=MODES, help="ablation mode")
     p.add_argument("--means", default=None, help="head-means file for --mode mean (default: <out>.means."
                    "safetensors if present, else computed on 16 grid_needle samples and saved there)")
@@ -671,13 +673,13 @@ def run_causal(args) -> int:
     progress = not getattr(args, "no_progress", False)
     knobs = json.loads(args.knobs)
     # everything that can fail without weights fails first: spec shape, score name, subset, probes
-    shape = shape_from_config(load_config(args.model))
+    shape = shape_from_config(load_config(args.model), args.family)
     spec = load_head_spec(args.spec, shape=shape)
     ram_name = _ram_name(spec, args.score)
     ram = spec.score(ram_name)
     sub = parse_subset(args.subset, shape.num_layers * shape.num_heads)
     samples = load_probe(args.probes, n=args.n, seed=args.seed, image_root=args.image_root, **knobs)[: args.n]
-    loaded = load(args.model, heads="none", dtype=args.dtype, device=args.device)
+    loaded = load(args.model, heads="none", dtype=args.dtype, device=args.device, family=args.family)
     model, processor = loaded.model, loaded.processor
     common = {"probes": str(args.probes), "probe_hash": probe_set_hash(samples), "n_samples": len(samples),
               "seed": args.seed, "knobs": knobs, "mode": args.mode,

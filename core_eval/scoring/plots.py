@@ -310,9 +310,9 @@ def attention_overlay(model, processor, sample, heads, path, rows: str = "answer
         spec.check_shape(ad.shape)
 
     inputs, amask, starts = encode_teacher_forced(processor, [sample])
-    masks = sample_region_masks(processor, inputs, [sample])
+    masks = sample_region_masks(processor, inputs, [sample], family=ad)
     sizes = list(sample.image_sizes)
-    tr = token_rects(processor, inputs, [sizes])
+    tr = token_rects(processor, inputs, [sizes], family=ad)
     q_rows = _query_rows(amask, starts, rows)
     keep: dict[int, list[int]] = {}
     for l, h in heads:
@@ -392,6 +392,7 @@ def add_plot_parser(subparsers) -> Any:
     ``fn=run_plot``. Returns the ``plot`` parser."""
     import argparse
 
+    from core_eval.loading import add_family_argument
     from core_eval.probes import add_probe_arguments
 
     p = subparsers.add_parser("plot", help="PNG plots: RAM heatmap of a head spec, attention overlays",
@@ -409,6 +410,7 @@ def add_plot_parser(subparsers) -> Any:
     ov.add_argument("--heads", default=None, help="explicit heads instead of the spec's top k, e.g. '3:1,5:0'")
     ov.add_argument("--index", type=int, default=0, help="which sample of the probe set")
     add_probe_arguments(ov)
+    add_family_argument(ov)
     ov.add_argument("--k", type=int, default=4, help=f"number of top heads (at most {MAX_PANELS})")
     ov.add_argument("--score", default="ram", help="spec score array that ranks the heads")
     ov.add_argument("--rows", default="answer", choices=list(ROWS), help="query rows whose attention is drawn")
@@ -456,7 +458,7 @@ def run_plot(args) -> int:
     if args.index < 0:
         raise ValueError(f"--index {args.index} must be >= 0")
     knobs = json.loads(args.knobs)
-    loaded = load(args.model, heads="none", dtype=args.dtype, device=args.device)
+    loaded = load(args.model, heads="none", dtype=args.dtype, device=args.device, family=args.family)
     from core_eval.adapters import adapter_for
 
     shape = adapter_for(loaded.model).shape

@@ -70,10 +70,13 @@ def score_batch(model, processor, samples: Sequence, cfg: ScoreConfig, capture: 
     from core_eval.adapters.regions import sample_region_masks
     from core_eval.prompting import encode, encode_teacher_forced
 
+    from core_eval.adapters import adapter_for
+
+    adapter = adapter_for(model)
     device = model.device
     if cfg.query_rows == "generate":
         inputs = encode(processor, samples)
-        masks = sample_region_masks(processor, inputs, samples)
+        masks = sample_region_masks(processor, inputs, samples, family=adapter)
         T0 = inputs["input_ids"].shape[1]
         rows = torch.full((len(samples), 1), T0 - 1)
         capture.reset(masks.target, rows, capture_decode=True)
@@ -91,7 +94,7 @@ def score_batch(model, processor, samples: Sequence, cfg: ScoreConfig, capture: 
         correct = torch.tensor([exact_match(t, s.answer, s.aliases) for t, s in zip(texts, samples)])
     else:
         inputs, amask, starts = encode_teacher_forced(processor, samples)
-        masks = sample_region_masks(processor, inputs, samples)
+        masks = sample_region_masks(processor, inputs, samples, family=adapter)
         if cfg.query_rows == "answer":
             rows = _rows_from_mask(amask)
         else:
@@ -244,7 +247,7 @@ def score_to_spec(pretrained: str, model, cfg: ScoreConfig, per_sample: dict, pr
 
 
 def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None, dtype=None, device=None,
-          progress: bool = True):
+          progress: bool = True, family=None):
     """Load ``pretrained``, score it on ``cfg.probes`` and write the spec to ``out`` (resumable).
 
     Returns the written :class:`~core_eval.spec.HeadSpec` (``None`` on non-main processes).
@@ -267,7 +270,7 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     key = cfg.key(model_id, probe_hash, dtype)
     work = out.with_name(out.name + ".partial")
     check_resume(work, key)  # before the (long) model load
-    loaded = load(pretrained, heads="none", dtype=dtype, device=device)
+    loaded = load(pretrained, heads="none", dtype=dtype, device=device, family=family)
     per_sample = run_scoring(loaded.model, loaded.processor, samples, cfg, work_dir=work, key=key,
                              model_id=model_id, progress=progress)
     if per_sample is None:

@@ -7,18 +7,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from .tiny_models import FAMILIES, tiny_model_dir
+from .tiny_models import VLM_FAMILIES, recipes, tiny_model_dir
 
 EXAMPLE_IMAGE_SIZE = (112, 84)  # (width, height)
-#: Visual (image placeholder) tokens per ``synthetic_image()`` of EXAMPLE_IMAGE_SIZE, per family.
-EXAMPLE_IMAGE_TOKENS = {
-    "llava": 16,  # 32x32 crop, patch 8, CLS dropped
-    "qwen2_vl": 12,  # resized to 84x112 -> 6x8 patches of 14 -> 2x2 merge
-    "qwen2_5_vl": 12,
-    "idefics3": 16,  # 64x64, patch 8, pixel shuffle 2
-    "internvl": 20,  # 2x2 tiles of 32 + thumbnail, 4 tokens per tile
-    "gemma3": 16,  # 64x64, patch 8 -> 8x8 pooled to 4x4
-}
+#: Visual (image placeholder) tokens per ``synthetic_image()`` of EXAMPLE_IMAGE_SIZE, per built-in
+#: tiny model (``TinyRecipe.image_tokens``, declared in each family module).
+EXAMPLE_IMAGE_TOKENS = {name: r.image_tokens for name, (_, r) in recipes().items() if name in VLM_FAMILIES}
 DEFAULT_PROMPTS = (
     "Describe the image.",
     "What colour is the square in the top left corner of this picture?",
@@ -48,7 +42,7 @@ def synthetic_image(index: int = 0, size: tuple[int, int] = EXAMPLE_IMAGE_SIZE):
 
 def resolve_dir(family_or_dir: str | os.PathLike) -> Path:
     """A family name -> its cached tiny model dir; anything else is taken as a path."""
-    if isinstance(family_or_dir, str) and family_or_dir in FAMILIES:
+    if isinstance(family_or_dir, str) and family_or_dir in recipes():
         return tiny_model_dir(family_or_dir)
     return Path(family_or_dir)
 
@@ -60,11 +54,16 @@ def is_text_only(model_dir: str | os.PathLike) -> bool:
 
 
 def load_processor(family_or_dir: str | os.PathLike):
-    """``AutoProcessor`` for image-text models, ``AutoTokenizer`` for text-only ones."""
-    from transformers import AutoProcessor, AutoTokenizer
+    """``AutoProcessor`` for image-text models, ``AutoTokenizer`` for text-only ones, tagged with the
+    checkpoint config's family (as ``core_eval.load`` does)."""
+    from transformers import AutoConfig, AutoProcessor, AutoTokenizer
+
+    from core_eval.adapters import bind_family, family_for_config
 
     d = resolve_dir(family_or_dir)
-    return AutoTokenizer.from_pretrained(d) if is_text_only(d) else AutoProcessor.from_pretrained(d)
+    proc = AutoTokenizer.from_pretrained(d) if is_text_only(d) else AutoProcessor.from_pretrained(d)
+    bind_family(proc, family_for_config(AutoConfig.from_pretrained(d)))
+    return proc
 
 
 def load_tiny(family_or_dir: str | os.PathLike, **from_pretrained_kwargs: Any):
