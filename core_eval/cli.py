@@ -8,10 +8,26 @@ import sys
 
 
 def _families(args) -> int:
-    from core_eval.adapters import registered_families
+    from core_eval.adapters import family_source, registered_families
+    from core_eval.testing.tiny_models import FAMILIES
 
+    rows = [("family", "model_type", "LM mask", "regions", "tested", "source", "notes")]
     for f in registered_families().values():
-        print(f"{f.name:12s} {'/'.join(f.model_types):40s} {f.notes}")
+        tiny = [r.name for r in f.tiny]
+        if any(t in FAMILIES for t in tiny):  # the built-in test matrix runs on these tiny models
+            tested = "matrix: " + ", ".join(tiny)
+        else:
+            tested = f"tiny recipe {', '.join(tiny)} (not in core_eval's matrix)" if tiny else "no tiny recipe"
+        rows.append((f.name, "/".join(f.model_types), f.attention_mask, "yes" if f.region else "-", tested,
+                     family_source(f), f.notes))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for r in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(r, widths)) + "  " + r[-1])
+    if args.verbose:
+        print("\ntested = the tiny model runs the whole test matrix: load errors before weights, every ablation "
+              "mode vs an eager oracle, bit-identical empty interventions, RAM capture vs output_attentions, "
+              "region masks vs the model's own patch grouping, hybrid sparse attention vs the explicit-mask "
+              "oracle and vs dense at a window longer than the input, head means, plots.")
     return 0
 
 
@@ -75,7 +91,9 @@ def _demo(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="core-eval", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("families", help="list supported model families").set_defaults(fn=_families)
+    fa = sub.add_parser("families", help="list model families (built-in, entry points, outside) and what is tested")
+    fa.add_argument("-v", "--verbose", action="store_true", help="explain the 'tested' column")
+    fa.set_defaults(fn=_families)
     sub.add_parser("variants", help="list mask variants (built-in and installed)").set_defaults(fn=_variants)
     t = sub.add_parser("tiny", help="save a tiny random model + processor (no download)")
     t.add_argument("family")

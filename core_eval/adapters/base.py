@@ -212,11 +212,11 @@ def resolve_family(ref: Any) -> Family:
     """A :class:`Family` from a family, its registered name or a dotted path ``pkg.module:obj``.
 
     A dotted path is imported and its object (a ``Family``, or a function returning one) is
-    registered, so every later lookup (``adapter_for``, the region rules) finds it by name.
+    registered, so later lookups by name (a tiny recipe, ``core-eval families``) find it. A
+    ``Family`` object is used as given, unregistered. Models and processors loaded through core_eval
+    carry their family (:func:`bind_family`), so neither needs the registry afterwards.
     """
     if isinstance(ref, Family):
-        if _FAMILIES.get(ref.name) is not ref:
-            register_family(ref, replace=True)
         return ref
     if not isinstance(ref, str) or not ref:
         raise UnsupportedArchitectureError(f"family={ref!r}: pass a family name, a Family or 'pkg.module:obj'")
@@ -230,7 +230,9 @@ def resolve_family(ref: Any) -> Family:
                 "with the module importable (installed or on PYTHONPATH) and obj a core_eval Family."
             ) from None
         (fam,) = _as_families(obj, f"family={ref}")[:1]
-        return resolve_family(fam)
+        if _FAMILIES.get(fam.name) is not fam:
+            register_family(fam, replace=True)
+        return fam
     fams = registered_families()
     if ref not in fams:
         raise UnsupportedArchitectureError(
