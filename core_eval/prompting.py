@@ -37,12 +37,24 @@ def prompt_text(processor, sample) -> str:
     return sample.question
 
 
+def _family_teacher_forcing(processor):
+    """The family's own teacher-forcing contract (``Family.teacher_forcing``), if it has one."""
+    from core_eval.adapters import bound_family
+
+    family = bound_family(processor)
+    return None if family is None else family.teacher_forcing
+
+
 def encode(processor, samples: Sequence, *, with_answer: bool = False, padding_side: str = "left"):
     """Processor outputs (``BatchFeature``) for a batch of samples, padded on ``padding_side``.
 
-    ``with_answer`` appends each gold answer after the prompt (teacher forcing). Like
+    ``with_answer`` appends each gold answer after the prompt (teacher forcing; a family with its
+    own contract, such as PaliGemma's ``suffix``, uses it). Like
     ``ProcessorMixin.apply_chat_template``, no second BOS is added when the template wrote one.
     """
+    forced = _family_teacher_forcing(processor) if with_answer else None
+    if forced is not None:
+        return forced(processor, samples, padding_side=padding_side)[0]
     texts = [prompt_text(processor, s) + (s.answer if with_answer else "") for s in samples]
     tok = _tokenizer(processor)
     kwargs = dict(padding=True, padding_side=padding_side, return_tensors="pt")
@@ -53,7 +65,9 @@ def encode(processor, samples: Sequence, *, with_answer: bool = False, padding_s
     images = [list(s.images) for s in samples]
     if any(images):
         kwargs["images"] = images
-    return processor(text=texts, **kwargs)
+    out = processor(text=texts, **kwargs)
+    out.pop("labels", None)  # PaliGemma's processor adds training labels: not a model input here
+    return out
 
 
 def iter_batches(processor, samples: Iterable, *, batch_size: int = 8, **kwargs) -> Iterator[dict]:
@@ -74,9 +88,14 @@ def encode_teacher_forced(processor, samples: Sequence, *, padding_side: str = "
     Returns ``(inputs, answer_mask, prompt_len)``: ``answer_mask`` is ``(B, T)`` bool, True on the
     answer tokens; ``prompt_len`` ``(B,)`` is the index of each row's first answer token. The
     query row that predicts answer token ``t`` is ``t - 1``. Raises if joint tokenization changed
-    the prompt's tokens (the answer must start at a token boundary).
+    the prompt's tokens (the answer must start at a token boundary). A family whose processor
+    takes the answer separately (``Family.teacher_forcing``) goes through its own contract.
     """
     import torch
+
+    forced = _family_teacher_forcing(processor)
+    if forced is not None:
+        return forced(processor, samples, padding_side=padding_side)
 
     full = encode(processor, samples, with_answer=True, padding_side=padding_side)
     prompt = encode(processor, samples, with_answer=False, padding_side=padding_side)

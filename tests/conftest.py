@@ -103,3 +103,24 @@ def tu():
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
     return mod
+
+
+def grow_inputs(model, inputs, seq):
+    """Inputs for one full forward over ``seq`` (prompt + generated tokens): ``input_ids = seq`` and
+    every per-token side input grown the way ``generate`` grows it. ``attention_mask``: 1;
+    ``token_type_ids`` of a prefix-LM family (PaliGemma): 1, generated tokens are the causal suffix;
+    everything else (Gemma 3 ``token_type_ids``, Qwen ``mm_token_type_ids``): 0, i.e. text."""
+    import torch
+
+    from core_eval.adapters import adapter_for
+
+    T = inputs["input_ids"].shape[1]
+    n = seq.shape[1] - T
+    prefix_lm = adapter_for(model).family.attention_mask == "prefix_lm"
+    out = dict(inputs)
+    out["input_ids"] = seq
+    for key, val in inputs.items():
+        if key != "input_ids" and isinstance(val, torch.Tensor) and val.shape[:2] == (seq.shape[0], T):
+            fill = 1 if key == "attention_mask" or (key == "token_type_ids" and prefix_lm) else 0
+            out[key] = torch.cat([val, torch.full((val.shape[0], n), fill, dtype=val.dtype)], 1)
+    return out

@@ -10,7 +10,7 @@ import copy
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES, VLM_FAMILIES
+from conftest import ALL_FAMILIES, VLM_FAMILIES, grow_inputs
 
 import oracles
 from core_eval import load
@@ -222,14 +222,8 @@ def test_ablation_applies_in_every_decode_step(models, family, mode):
         gen = model.generate(**inputs, max_new_tokens=6, do_sample=False, output_scores=True,
                              return_dict_in_generate=True)
         seq = gen.sequences
-        full_inputs = dict(inputs)
-        full_inputs["input_ids"] = seq
+        full_inputs = grow_inputs(model, inputs, seq)  # per-token side inputs grow as generate grows them
         n_new = seq.shape[1] - inputs["input_ids"].shape[1]
-        T = inputs["input_ids"].shape[1]
-        for key, val in inputs.items():  # per-token side inputs (mm_token_type_ids, ...) grow too
-            if key != "input_ids" and isinstance(val, torch.Tensor) and val.shape[:2] == (seq.shape[0], T):
-                fill = 1 if key == "attention_mask" else 0
-                full_inputs[key] = torch.cat([val, torch.full((seq.shape[0], n_new), fill, dtype=val.dtype)], 1)
         full = run(model, full_inputs).logits
     finally:
         iv.remove()

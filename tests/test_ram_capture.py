@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES, visual_or_stand_in
+from conftest import ALL_FAMILIES, grow_inputs, visual_or_stand_in
 
 from core_eval.adapters import adapter_for
 from core_eval.probes import generate
@@ -142,12 +142,7 @@ def _generate_matches_reference(model, eager, inputs, amask, m=5):
     assert all(torch.equal(a, b) for a, b in zip(out.logits, plain.logits))
     assert seq.shape[1] == T0 + m and len(cap.steps_ram) == m - 1
     got = cap.result()
-    full = dict(prompt)
-    full["input_ids"] = seq[:, :-1]
-    for key, val in prompt.items():
-        if key != "input_ids" and isinstance(val, torch.Tensor) and val.dim() == 2 and val.shape[1] == T0:
-            fill = 1 if key == "attention_mask" else 0
-            full[key] = torch.cat([val, torch.full((val.shape[0], m - 1), fill, dtype=val.dtype)], 1)
+    full = grow_inputs(eager, prompt, seq[:, :-1])
     with torch.no_grad():
         ref = eager(**full, output_attentions=True)
     rows = torch.arange(T0 - 1, T0 + m - 1).expand(ids.shape[0], m)

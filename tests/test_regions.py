@@ -207,7 +207,7 @@ def identity_geometry(p, family):
     if family == "internvl":
         side = ip.size.height
         return (side, side), side // int(round(p.image_seq_length**0.5))
-    if family == "gemma3":
+    if family in ("gemma3", "paligemma"):
         side = ip.size.height
         return (side, side), side // int(round(p.image_seq_length**0.5))
     raise AssertionError(family)
@@ -298,8 +298,8 @@ def model_token_ramps(family, mdl, p, inputs):
     pv, out = inputs["pixel_values"], []
     vcfg = mdl.config.vision_config
     patch = vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
-    if family == "llava":
-        for b in range(len(ids)):  # one image per row; CLIP patches row-major, CLS dropped ("default")
+    if family in ("llava", "paligemma"):
+        for b in range(len(ids)):  # one image per row; CLIP / SigLIP patches row-major (LLaVA: CLS dropped)
             out.append(patch_ramp(unnormalize(pv[b], ip), patch))
     elif family in ("qwen2_vl", "qwen2_5_vl"):
         merger = copy.deepcopy(mdl.model.visual.merger)

@@ -34,6 +34,7 @@ EXPECTED = {
     "idefics3": ("Idefics3Processor", "Idefics3ImageProcessor", "<image>", 4),
     "internvl": ("InternVLProcessor", "GotOcr2ImageProcessor", "<IMG_CONTEXT>", 2),
     "gemma3": ("Gemma3Processor", "Gemma3ImageProcessor", "<image_soft_token>", 2),
+    "paligemma": ("PaliGemmaProcessor", "SiglipImageProcessor", "<image>", 2),
     "llama": (None, None, None, 2),
     "qwen2": (None, None, None, 2),
 }
@@ -44,6 +45,7 @@ MODEL_CLASS = {
     "idefics3": "Idefics3ForConditionalGeneration",
     "internvl": "InternVLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
+    "paligemma": "PaliGemmaForConditionalGeneration",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
@@ -170,7 +172,10 @@ def test_image_token_count_is_what_the_model_consumes(family, loaded):
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_multi_image_and_text_only_prompts(family, loaded):
     model, proc = loaded(family)
-    for n in (0, 2):
+    if family == "paligemma":  # the real PaliGemmaProcessor refuses text-only prompts
+        with pytest.raises(ValueError, match="`images` are expected"):
+            example_inputs(family, batch=2, n_images=0, processor=proc)
+    for n in (0, 2) if family != "paligemma" else (2,):
         batch = example_inputs(family, batch=2, n_images=n, processor=proc)
         n_img = (batch["input_ids"] == model.config.image_token_id).sum(-1).tolist()
         assert n_img == [n * EXAMPLE_IMAGE_TOKENS[family]] * 2
@@ -182,6 +187,14 @@ def test_multi_image_and_text_only_prompts(family, loaded):
 def test_chat_template(family, loaded):
     _, proc = loaded(family)
     tok = proc.tokenizer if family in VLM_FAMILIES else proc
+    if family == "paligemma":  # like the real checkpoints: no chat template, the question is the prompt
+        from types import SimpleNamespace
+
+        from core_eval.prompting import prompt_text
+
+        assert not getattr(proc, "chat_template", None) and not tok.chat_template
+        assert prompt_text(proc, SimpleNamespace(question="Hello there", images=[])) == "Hello there"
+        return
     plain = [{"role": "user", "content": "Hello there"}]
     listed = [{"role": "user", "content": [{"type": "text", "text": "Hello there"}]}]
     a = proc.apply_chat_template(plain, tokenize=False, add_generation_prompt=True)
