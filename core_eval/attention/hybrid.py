@@ -115,7 +115,8 @@ def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block
     gi = far_pos.clamp(max=T - 1)[:, None, :, None].expand(B, Hkv, n_far, D)
     kf, vf = k.gather(2, gi), v.gather(2, gi)
     neg = torch.finfo(q.dtype).min
-    padded_rows = not bool(real.all())
+    # rows that may see no key (padding; with the model's mask, any row it leaves empty) output zeros
+    maybe_empty = model_mask is not None or not bool(real.all())
     out = q.new_empty(B, Hq, T, D)
     for s in range(0, T, Bq):
         e = min(T, s + Bq)
@@ -142,13 +143,13 @@ def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block
         ok = torch.cat([ok_far, ok_near], 2)[:, None]  # (B, 1, q, F + Kn)
         kb = torch.cat([kf, k[:, :, lo:hi]], 2)
         vb = torch.cat([vf, v[:, :, lo:hi]], 2)
-        if padded_rows:  # padding query rows see no key: give them one and zero them afterwards
+        if maybe_empty:  # empty query rows: give them one key and zero them afterwards
             has_key = ok.any(-1, keepdim=True)
             ok = ok | ~has_key
         mask = torch.zeros(ok.shape, dtype=q.dtype, device=dev).masked_fill_(~ok, neg)
         o = F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=mask, scale=scaling,
                                            enable_gqa=Hq != Hkv)
-        out[:, :, s:e] = torch.where(has_key, o, torch.zeros((), dtype=o.dtype, device=dev)) if padded_rows else o
+        out[:, :, s:e] = torch.where(has_key, o, torch.zeros((), dtype=o.dtype, device=dev)) if maybe_empty else o
     return out
 
 
