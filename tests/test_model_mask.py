@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
-from conftest import ALL_FAMILIES, VLM_FAMILIES
-from test_sparse import FULL, SINK
+from test_sparse import CASES, FULL, SINK
 from transformers import AttentionInterface, DynamicCache
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
@@ -19,8 +18,6 @@ from core_eval.attention.cache_kwarg import cache_kwarg
 from core_eval.attention.hybrid import Pattern, reference_hybrid, sparse_prefill
 from core_eval.attention.reference import allowed_keys
 from core_eval.intervene import apply_intervention
-
-KINDS = [(f, k) for f in ALL_FAMILIES for k in ("streaming", "text_only") if f in VLM_FAMILIES or k == "streaming"]
 
 # ---------------------------------------------------------------- what the model passes to attention
 
@@ -61,7 +58,7 @@ def test_gemma3_mask_is_bidirectional_within_an_image(tiny_loaded):
 # ---------------------------------------------------------------- the invariant, on real models
 
 
-@pytest.mark.parametrize("family,kind", KINDS)
+@pytest.mark.parametrize("family,kind", CASES)  # every family; text_only on VLMs
 def test_window_longer_than_the_input_changes_nothing(tiny_loaded, family, kind):
     """Nothing is dropped: prefill logits equal the unmodified model's; greedy decoding through the
     hybrid cache and through a dense cache (the one-row masked path) gives the same tokens."""
