@@ -1,5 +1,6 @@
 """Hybrid sparse attention: the fast paths (head permutation, gathered prefill, per-head KV cache)
-equal the oracle (dense attention with an explicit per-head boolean mask) on every architecture."""
+equal the oracle (dense attention with an explicit per-head boolean mask: the model's own mask AND
+the pattern) on every architecture, Gemma 3's bidirectional image blocks included."""
 
 from __future__ import annotations
 

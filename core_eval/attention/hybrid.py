@@ -1,8 +1,12 @@
-"""Hybrid sparse attention mechanics: full heads keep full causal attention, the rest a sparse pattern.
+"""Hybrid sparse attention mechanics: full heads keep the model's attention, the rest a sparse pattern.
 
-Semantics (DESIGN §4), for a sparse head: query ``i`` sees key ``j`` iff ``j <= i`` and (``j`` is
-not visual [``text_only`` only], or ``j`` is one of the row's first ``n_sink`` real tokens, or
-``i - j < window``); padding keys are never seen.
+Semantics (DESIGN §4, §8), for a sparse head: query ``i`` sees key ``j`` iff the model's own mask
+allows it (what the model passes to the attention function: causal, padding, and e.g. Gemma 3's
+bidirectional image blocks or PaliGemma's bidirectional prefix) AND (``j`` is one of the row's
+first ``n_sink`` real tokens, or ``j`` is not visual [``text_only`` only], or ``i - j < window``).
+The pattern only ever removes keys; ``i - j < window`` holds for every future key ``j > i``, so a
+bidirectional block stays visible within the window. ``attention_mask=None`` means plain causal
+(:func:`core_eval.attention.reference.allowed_keys`).
 
 Real savings rather than masking:
 
@@ -10,12 +14,12 @@ Real savings rather than masking:
   (:func:`permute_layer`; exact), so the two groups are contiguous slices;
 * prefill: the full group runs one SDPA over all keys; the sparse group runs block by block over
   the keys it may see, gathered (sinks + text tokens + the window): ``O(T * (W + sinks + text))``
-  instead of ``O(T^2)`` (:func:`sparse_prefill`);
+  instead of ``O(T^2)`` for causal masks (:func:`sparse_prefill`);
 * decode: :class:`HybridLayer` is a cache layer that stores all positions only for the full
   heads and, for the sparse heads, only what a future query may still see.
 
 :func:`reference_hybrid` is the oracle: one dense attention over all keys with an explicit
-per-head boolean mask.
+per-head boolean mask (the model's mask AND the pattern).
 """
 
 from __future__ import annotations
@@ -57,10 +61,16 @@ class Pattern:
             far |= ~visual
         return far & real
 
-    def allowed(self, q_pos, k_pos, k_far, k_real):
-        """``(B, 1, q, K)`` bool: q_pos ``(B|1, q)``, key positions/flags ``(B, K)`` (pos -1 = empty)."""
+    def allowed(self, q_pos, k_pos, k_far, k_real, model_mask=None):
+        """``(B, 1, q, K)`` bool: what the pattern leaves of the model's mask.
+
+        q_pos ``(B|1, q)``, key positions/flags ``(B, K)`` (pos -1 = empty slot); ``model_mask``
+        ``(B|1, 1, q, K)`` bool over the same keys, or ``None`` for plain causal (``kp <= qp``).
+        The pattern adds no causality of its own: ``qp - kp < window`` holds for future keys.
+        """
         qp, kp = q_pos[:, None, :, None], k_pos[:, None, None, :]
-        ok = (kp <= qp) & (kp >= 0) & k_real[:, None, None, :]
+        base = (kp <= qp) if model_mask is None else model_mask
+        ok = base & (kp >= 0) & k_real[:, None, None, :]
         return ok & ((qp - kp < self.window) | k_far[:, None, None, :])
 
 
@@ -80,14 +90,18 @@ def row_flags(attention_mask, batch: int, kv: int, device, visual: torch.Tensor,
     return real, visual.to(device)[:, :kv] & real, sink
 
 
-def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block: int = 0):
+def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block: int = 0, model_mask=None):
     """Sparse heads over a whole prompt: block by block, each block on the keys it may see.
 
-    q ``(B, Hq, T, D)``, k/v ``(B, Hkv, T, D)`` at positions ``0..T-1``; flags ``(B, T)``.
-    Query ``i`` sees two disjoint key sets: its window ``(i - W, i]`` and the far keys (sinks, and
-    text tokens for ``text_only``) at positions ``<= i - W``. A block of ``Bq`` queries (default
-    ``min(W, 128)``) gets one SDPA call on the far keys (gathered once per row) plus the contiguous slice
-    ``[s - W + 1, e)``: ``O(T * (n_far + Bq + W))`` instead of ``O(T^2)``. Returns ``(B, Hq, T, D)``.
+    q ``(B, Hq, T, D)``, k/v ``(B, Hkv, T, D)`` at positions ``0..T-1``; flags ``(B, T)``;
+    ``model_mask`` ``(B|1, 1, T, T)`` bool, the mask the model built (``None``: causal, padding
+    from ``real``). Query ``i`` sees, within the model's mask, two disjoint key sets: its window
+    (every key with ``i - j < W``, future keys included) and the far keys (sinks, and text tokens
+    for ``text_only``) at positions ``<= i - W``. A block of ``Bq`` queries ``[s, e)`` (default
+    ``min(W, 128)``) gets one SDPA call on the far keys (gathered once per row) plus the
+    contiguous slice ``[s - W + 1, hi)``, ``hi`` = one past the furthest key any row of the block
+    may see (``e`` for a causal mask): ``O(T * (n_far + Bq + W))`` instead of ``O(T^2)`` for causal
+    masks, plus the size of a bidirectional block for the rows inside it. Returns ``(B, Hq, T, D)``.
     """
     B, Hq, T, D = q.shape
     Hkv = k.shape[1]
@@ -101,45 +115,65 @@ def sparse_prefill(q, k, v, real, visual, sink, pattern: Pattern, scaling, block
     gi = far_pos.clamp(max=T - 1)[:, None, :, None].expand(B, Hkv, n_far, D)
     kf, vf = k.gather(2, gi), v.gather(2, gi)
     neg = torch.finfo(q.dtype).min
-    padded_rows = not bool(real.all())
+    # rows that may see no key (padding; with the model's mask, any row it leaves empty) output zeros
+    maybe_empty = model_mask is not None or not bool(real.all())
     out = q.new_empty(B, Hq, T, D)
     for s in range(0, T, Bq):
         e = min(T, s + Bq)
         lo = max(0, s - W + 1)
         qp = ar[s:e, None]
-        near = ar[None, lo:e]
-        ok_near = ((near <= qp) & (qp - near < W))[None] & real[:, None, lo:e]  # (B, q, Kn)
-        ok_far = far_pos[:, None, :] <= qp[None] - W  # (B, q, F); padding slots (T) never pass
+        if model_mask is None:  # causal: the window ends at the block's last query; padding from `real`
+            hi = e
+            near = ar[None, lo:hi]
+            ok_near = ((near <= qp) & (qp - near < W))[None] & real[:, None, lo:hi]  # (B, q, Kn)
+            ok_far = far_pos[:, None, :] <= qp[None] - W  # (B, q, F); padding slots (T) never pass
+        else:
+            rows = model_mask[:, 0, s:e].expand(B, e - s, T)  # (B, q, T) bool, a view
+            # A bidirectional block (Gemma 3 image, PaliGemma prefix) lets a row see keys after
+            # itself, all inside its window (i - j < 0 < W): extend the near slice to the furthest
+            # key any row of this block may see, else those keys would silently be dropped.
+            later = model_mask[:, 0, s:e, e:].any(1).any(0).nonzero()
+            hi = e + int(later[-1]) + 1 if len(later) else e
+            near = ar[None, lo:hi]
+            ok_near = (qp - near < W)[None] & rows[:, :, lo:hi]  # (B, q, Kn): the model decides causality
+            # Far keys pass the pattern at any distance but must still pass the model's mask (its
+            # padding, and whatever else it removes): gather the mask's columns at the far positions.
+            ok_far = (far_pos[:, None, :] <= qp[None] - W) & rows.gather(
+                2, far_pos.clamp(max=T - 1)[:, None, :].expand(B, e - s, n_far))
         ok = torch.cat([ok_far, ok_near], 2)[:, None]  # (B, 1, q, F + Kn)
-        kb = torch.cat([kf, k[:, :, lo:e]], 2)
-        vb = torch.cat([vf, v[:, :, lo:e]], 2)
-        if padded_rows:  # padding query rows see no key: give them one and zero them afterwards
+        kb = torch.cat([kf, k[:, :, lo:hi]], 2)
+        vb = torch.cat([vf, v[:, :, lo:hi]], 2)
+        if maybe_empty:  # empty query rows: give them one key and zero them afterwards
             has_key = ok.any(-1, keepdim=True)
             ok = ok | ~has_key
         mask = torch.zeros(ok.shape, dtype=q.dtype, device=dev).masked_fill_(~ok, neg)
         o = F.scaled_dot_product_attention(q[:, :, s:e], kb, vb, attn_mask=mask, scale=scaling,
                                            enable_gqa=Hq != Hkv)
-        out[:, :, s:e] = torch.where(has_key, o, torch.zeros((), dtype=o.dtype, device=dev)) if padded_rows else o
+        out[:, :, s:e] = torch.where(has_key, o, torch.zeros((), dtype=o.dtype, device=dev)) if maybe_empty else o
     return out
 
 
 def reference_hybrid(query, key, value, attention_mask, scaling, full_heads: torch.Tensor, pattern: Pattern, visual):
     """Oracle: dense attention over all keys with an explicit per-head boolean mask.
 
-    ``full_heads`` ``(H,)`` bool marks full query heads; the others follow ``pattern``. Query
-    rows are the last ``q`` positions of the ``kv`` keys (prefill, or decode with a full cache);
-    ``visual`` ``(B, kv)``. Returns ``(B, q, H, D)``.
+    Full query heads (``full_heads`` ``(H,)`` bool) get the model's own mask (``attention_mask``
+    as passed to the attention function, through :func:`allowed_keys`); sparse heads get that
+    mask AND the pattern (sinks, text tokens for ``text_only``, or ``i - j < window``), which adds
+    no causality of its own. Query rows are the last ``q`` positions of the ``kv`` keys (prefill,
+    or decode with a full cache); ``visual`` ``(B, kv)``. Returns ``(B, q, H, D)``.
     """
     B, H, q, D = query.shape
     kv = key.shape[2]
+    dev = query.device
     g = H // key.shape[1]
     k, v = key.repeat_interleave(g, 1), value.repeat_interleave(g, 1)
-    model_mask = allowed_keys(attention_mask, q, kv, query.device).expand(B, 1, q, kv)
-    real, vis, sink = row_flags(attention_mask, B, kv, query.device, visual, pattern.n_sink)
-    q_pos = torch.arange(kv - q, kv, device=query.device)[None]
-    k_pos = torch.arange(kv, device=query.device)[None].expand(B, kv)
-    sparse = model_mask & pattern.allowed(q_pos, k_pos, pattern.far(real, vis, sink), real)
-    full = full_heads.to(query.device)[None, :, None, None]
+    model_mask = allowed_keys(attention_mask, q, kv, dev).expand(B, 1, q, kv)
+    real, vis, sink = row_flags(attention_mask, B, kv, dev, visual, pattern.n_sink)
+    qp = torch.arange(kv - q, kv, device=dev)[:, None]
+    kp = torch.arange(kv, device=dev)[None, :]
+    keep = (qp - kp < pattern.window)[None, None] | pattern.far(real, vis, sink)[:, None, None, :]
+    sparse = model_mask & keep
+    full = full_heads.to(dev)[None, :, None, None]
     per_head = torch.where(full, model_mask, sparse)  # (B, H, q, kv)
     return masked_sdpa(query, k, v, per_head, scaling).transpose(1, 2)
 
@@ -329,6 +363,8 @@ class HybridAttention:
         return parts[0] if len(parts) == 1 else torch.cat(parts, 2)
 
     def _sparse(self, q, key, value, attention_mask, scaling, cache_layer, kv):
+        """Sparse query heads q ``(B, Hs, ql, D)`` -> ``(B, Hs, ql, D)``; every case starts from the
+        model's mask ``attention_mask`` (bool/float 4-D over the ``kv`` keys, or ``None`` = causal)."""
         B, Hs, ql, D = q.shape
         p = self.pattern
         if cache_layer is not None and cache_layer.prefill_chunk is None:  # decode step, hybrid cache
@@ -338,25 +374,30 @@ class HybridAttention:
             n = cache_layer.n
             pos, far = cache_layer.sp_pos[:, :n], cache_layer.sp_far[:, :n]
             ok = (pos >= 0) & (far | (kv - 1 - pos < p.window))
+            if attention_mask is not None:  # the store is compacted: read the model's row at each slot's position
+                row = allowed_keys(attention_mask, 1, kv, q.device)[:, 0, -1].expand(B, kv)
+                ok &= row.gather(1, pos.clamp(min=0))
             return F.scaled_dot_product_attention(q, cache_layer.sp_k[:, :, :n], cache_layer.sp_v[:, :, :n],
                                                   attn_mask=ok[:, None, None, :], scale=scaling,
                                                   enable_gqa=self.groups > 1)
         visual = self.tracker.key_flags(kv)
         real, vis, sink = row_flags(attention_mask, B, kv, q.device, visual, p.n_sink)
+        # bool view of the model's (B|1, 1, ql, kv) mask; None stays None (causal, never materialized)
+        model_mask = None if attention_mask is None else allowed_keys(attention_mask, ql, kv, q.device)
         if cache_layer is not None:  # prefill into an empty hybrid cache
             k_new, v_new, start = cache_layer.prefill_chunk
             if start != 0 or ql != kv:
                 raise NotImplementedError("hybrid sparse attention: chunked prefill into a filled cache")
-            out = sparse_prefill(q, k_new, v_new, real, vis, sink, p, scaling, self.block)
+            out = sparse_prefill(q, k_new, v_new, real, vis, sink, p, scaling, self.block, model_mask=model_mask)
             cache_layer.commit_chunk(real, p.far(real, vis, sink))
             return out
         # no hybrid cache: every key is here (a plain forward, or decode with a dense cache)
         k, v = key[:, self.n_full_kv :], value[:, self.n_full_kv :]
         if ql == kv:
-            return sparse_prefill(q, k, v, real, vis, sink, p, scaling, self.block)
+            return sparse_prefill(q, k, v, real, vis, sink, p, scaling, self.block, model_mask=model_mask)
         q_pos = torch.arange(kv - ql, kv, device=q.device)[None]
         k_pos = torch.arange(kv, device=q.device)[None].expand(B, kv)
-        ok = p.allowed(q_pos, k_pos, p.far(real, vis, sink), real)
+        ok = p.allowed(q_pos, k_pos, p.far(real, vis, sink), real, model_mask=model_mask)
         g = self.groups
         return masked_sdpa(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), ok, scaling)
 

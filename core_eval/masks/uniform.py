@@ -1,7 +1,8 @@
 """``uniform`` ablation: the head's query is zeroed, so it attends uniformly over allowed keys.
 
 What Retrieval Head's masking does. The head's output becomes the mean of the values it may
-see (causal and padding masks still apply).
+see: the model's own mask still applies (causal, padding, Gemma 3's bidirectional image blocks;
+:class:`~core_eval.masks.base.ReplaceHeads` passes it through ``allowed_keys``).
 """
 
 import torch

@@ -1,7 +1,8 @@
 """``visual_knockout``: the head may not attend to visual (image / video) tokens.
 
-Visual key positions come from the model's ``input_ids`` (tracked across decode steps). A query
-row left with no allowed key outputs zeros.
+Visual key positions come from the model's ``input_ids`` (tracked across decode steps); they are
+removed from the model's own mask (``allowed_keys``). A query row left with no allowed key outputs
+zeros.
 """
 
 from core_eval.attention import masked_sdpa
