@@ -34,6 +34,8 @@ EXPECTED = {
     "idefics3": ("Idefics3Processor", "Idefics3ImageProcessor", "<image>", 4),
     "internvl": ("InternVLProcessor", "GotOcr2ImageProcessor", "<IMG_CONTEXT>", 2),
     "gemma3": ("Gemma3Processor", "Gemma3ImageProcessor", "<image_soft_token>", 2),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "<|image_pad|>", 2),
+    "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "<|image_pad|>", 2),
     "llama": (None, None, None, 2),
     "qwen2": (None, None, None, 2),
 }
@@ -44,6 +46,8 @@ MODEL_CLASS = {
     "idefics3": "Idefics3ForConditionalGeneration",
     "internvl": "InternVLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
