@@ -7,27 +7,30 @@ checkpoints): ``smart_resize`` of the whole image to multiples of ``patch * merg
 block, which the vision merger concatenates into one LM token. So the region rule is Qwen2-VL's
 (:data:`~core_eval.adapters.families.qwen2_vl.QWEN_REGION`), read from the processor's own
 ``patch_size`` / ``merge_size``; ``tests/test_regions.py`` checks it pixel by pixel through this
-model's own patch embedding and merger. Videos (``Qwen3VLVideoProcessor``) put a text timestamp
-``<t seconds>`` and a ``<|vision_start|> ... <|vision_end|>`` pair around each temporal patch; the
-``<|video_pad|>`` tokens count as visual, the timestamps are text.
+model's own patch embedding and merger. Videos (``Qwen3VLVideoProcessor``): the processor expands
+the template's ``<|video_pad|>`` into, per temporal patch (2 frames), a text timestamp ``<t seconds>``
+then ``<|vision_start|>`` + that patch's pads + ``<|vision_end|>``; the ``<|video_pad|>`` tokens count as
+visual, the timestamps are text. The region rule maps images only.
 
 DeepStack. The vision tower also returns features from some of its intermediate layers
 (``vision_config.deepstack_visual_indexes``); ``Qwen3VLTextModel`` *adds* the ``k``-th of them to the
 hidden states at the visual positions right after LM decoder layer ``k`` (``_deepstack_process``),
-outside attention. Consequences:
+outside attention. Image information thus enters the LM's residual stream at the visual positions
+twice over: as the image embeddings (layer-0 input) and again after the first few layers. What this
+means (measured on the tiny models in ``tests/test_family_qwen3_vl.py``):
 
-- ``visual_knockout`` only stops the chosen heads from attending to visual tokens. Image information
-  still enters the residual stream at the visual positions through DeepStack (and through the image
-  embeddings placed there), and the text positions then read it by attention through the heads that
-  are not knocked out. Knocking out *every* head of every layer cuts attention to visual keys
-  completely, so the answer then depends on the image only via the visual positions' own keys being
-  unreachable ... which they are: with all heads knocked out the answer is image-independent in the
-  text rows. With any head left, DeepStack-injected features can reach the answer. So knockout of a
-  head set is not a full visual ablation of the model, as it is for LLaVA-style families where the
-  image enters only through the embeddings; ``tests/test_family_qwen3_vl.py`` measures both facts.
-- RAM is unchanged: attention mass of a head on the target region's visual key positions, whatever
-  those positions' hidden states contain (DeepStack makes them richer, not different in kind).
-- ``zero`` / ``mean`` / ``uniform`` act on ``o_proj`` input / queries as everywhere; DeepStack is not
+- ``visual_knockout`` blocks attention to visual keys only; the visual positions' own hidden states
+  are untouched by it and stay image-dependent (embeddings + DeepStack), so a knockout is not a
+  removal of the image from the LM. A text position, though, still receives image information only
+  by attending to visual positions: DeepStack adds nothing at text positions. Knocking out every
+  head of every layer therefore makes the answer logits exactly independent of the image (as in
+  LLaVA-style families); a feature added after layer ``k`` reaches the answer only through heads of
+  layers ``> k`` (knocking out all heads of layers ``>= 1`` leaves the answer image-dependent but
+  blind to DeepStack). Heads that are not knocked out read visual states that DeepStack has
+  enriched, so cutting the heads of the first layers does not cut the DeepStack route.
+- RAM keeps its definition (attention mass on the target region's visual key positions); what those
+  keys hold after layer ``k`` includes the DeepStack features, which is part of what the heads read.
+- ``zero`` / ``mean`` / ``uniform`` act on ``o_proj`` inputs / queries as everywhere; DeepStack is not
   a head and is never ablated.
 
 The LM's attention is Qwen3's: q/k/v/o projections with a per-head RMSNorm (``q_norm`` /
@@ -42,8 +45,8 @@ from core_eval.adapters.families.qwen2_vl import _QWEN_SPECIALS, QWEN_REGION, QW
 
 QWEN3_PATCH, QWEN3_MERGE = 16, 2  # as the real checkpoints; tiny: tokens = (H/32)*(W/32)
 QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS = 32 * 32, 128 * 128  # tiny recipe: 1..16 tokens per image
-QWEN3_VL_NOTES = ("dynamic resolution (patch 16), 2x2 merge, interleaved M-RoPE; DeepStack adds visual features "
-                  "to early LM layers at visual positions, so visual_knockout is not a full visual ablation")
+QWEN3_VL_NOTES = ("dynamic resolution (patch 16), 2x2 merge, interleaved M-RoPE; DeepStack adds vision features to "
+                  "visual positions of early LM layers (untouched by visual_knockout; text reads them only by attention)")
 
 
 def mrope_interleaved_section(head_dim: int) -> list[int]:
