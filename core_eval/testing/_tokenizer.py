@@ -173,17 +173,8 @@ CHATML_TEMPLATE = (
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
 
-# Qwen3-VL (Instruct): the Qwen2-VL layout without a default system turn (the real template adds
-# none); images / videos as <|vision_start|><|image_pad|>/<|video_pad|><|vision_end|>.
-QWEN3_VL_TEMPLATE = (
-    "{% for message in messages %}"
-    "<|im_start|>{{ message['role'] }}\n"
-    "{% if message['content'] is string %}{{ message['content'] }}"
-    "{% else %}{% for item in message['content'] %}"
-    "{% if " + _IS_IMAGE + " %}<|vision_start|><|image_pad|><|vision_end|>"
-    "{% elif item['type'] == 'video' or 'video' in item %}<|vision_start|><|video_pad|><|vision_end|>"
-    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
-    "{% endfor %}{% endif %}<|im_end|>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
+# Qwen3-VL (Instruct): the Qwen2-VL layout without a default system turn (the real template adds none).
+_QWEN_DEFAULT_SYSTEM = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+                        "assistant.<|im_end|>\n{% endif %}")
+assert _QWEN_DEFAULT_SYSTEM in QWEN_TEMPLATE
+QWEN3_VL_TEMPLATE = QWEN_TEMPLATE.replace(_QWEN_DEFAULT_SYSTEM, "")
