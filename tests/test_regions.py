@@ -197,7 +197,7 @@ def identity_geometry(p, family):
         side = ip.crop_size.height
         assert ip.size.shortest_edge == side == ip.crop_size.width
         return (side, side), p.patch_size
-    if family in ("qwen2_vl", "qwen2_5_vl"):
+    if family in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe"):
         f = ip.patch_size * ip.merge_size
         assert ip.size.shortest_edge <= 6 * f * f <= ip.size.longest_edge
         return (3 * f, 2 * f), f
@@ -316,6 +316,27 @@ def model_token_ramps(family, mdl, p, inputs):
             x[:, :2] = ramp
             merged = merger.double()(x).view(-1, ip.merge_size**2, C)[..., :2].mean(1)
             out.append(merged)
+    elif family in ("qwen3_vl", "qwen3_vl_moe"):
+        # the model's own patch embedding (its Conv3d set to average each input channel) and its own
+        # merger (norm and MLP removed: it concatenates merge_size**2 consecutive patches per token)
+        embed = copy.deepcopy(mdl.model.visual.patch_embed).double()
+        with torch.no_grad():
+            embed.proj.weight.zero_()
+            embed.proj.bias.zero_()
+            for ch in range(3):
+                embed.proj.weight[ch, ch] = 1.0 / embed.proj.weight[ch, ch].numel()
+        merger = copy.deepcopy(mdl.model.visual.merger).double()
+        merger.norm = merger.linear_fc1 = merger.act_fn = merger.linear_fc2 = nn.Identity()
+        C, m2 = embed.embed_dim, mdl.config.vision_config.spatial_merge_size**2
+        mean = torch.tensor(ip.image_mean[:2], dtype=torch.float64)
+        std = torch.tensor(ip.image_std[:2], dtype=torch.float64)
+        start = 0
+        for t, gh, gw in inputs["image_grid_thw"].tolist():
+            with torch.no_grad():
+                x = embed(pv[start:start + t * gh * gw].double())  # (n_patches, C): channel means, normalised
+            start += t * gh * gw
+            x[:, :2] = x[:, :2] * std + mean
+            out.append(merger(x).view(-1, m2, C)[..., :2].mean(1))
     elif family == "idefics3":
         scale = mdl.model.connector.scale_factor
         for b in range(len(ids)):

@@ -35,6 +35,8 @@ EXPECTED = {
     "internvl": ("InternVLProcessor", "GotOcr2ImageProcessor", "<IMG_CONTEXT>", 2),
     "gemma3": ("Gemma3Processor", "Gemma3ImageProcessor", "<image_soft_token>", 2),
     "paligemma": ("PaliGemmaProcessor", "SiglipImageProcessor", "<image>", 2),
+    "qwen3_vl": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "<|image_pad|>", 2),
+    "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "<|image_pad|>", 2),
     "llama": (None, None, None, 2),
     "qwen2": (None, None, None, 2),
 }
@@ -46,6 +48,8 @@ MODEL_CLASS = {
     "internvl": "InternVLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
     "paligemma": "PaliGemmaForConditionalGeneration",
+    "qwen3_vl": "Qwen3VLForConditionalGeneration",
+    "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }

@@ -172,3 +172,9 @@ CHATML_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
 )
+
+# Qwen3-VL (Instruct): the Qwen2-VL layout without a default system turn (the real template adds none).
+_QWEN_DEFAULT_SYSTEM = ("{% if loop.first and message['role'] != 'system' %}<|im_start|>system\nYou are a helpful "
+                        "assistant.<|im_end|>\n{% endif %}")
+assert _QWEN_DEFAULT_SYSTEM in QWEN_TEMPLATE
+QWEN3_VL_TEMPLATE = QWEN_TEMPLATE.replace(_QWEN_DEFAULT_SYSTEM, "")
