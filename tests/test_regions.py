@@ -201,7 +201,7 @@ def identity_geometry(p, family):
         f = ip.patch_size * ip.merge_size
         assert ip.size.shortest_edge <= 6 * f * f <= ip.size.longest_edge
         return (3 * f, 2 * f), f
-    if family == "glm4v":  # smart_resize bounds count temporal_patch_size frames
+    if family in ("glm4v", "glm4v_moe"):  # smart_resize bounds count temporal_patch_size frames
         f = ip.patch_size * ip.merge_size
         assert ip.size.shortest_edge <= ip.temporal_patch_size * 6 * f * f <= ip.size.longest_edge
         return (3 * f, 2 * f), f
@@ -359,7 +359,7 @@ def model_token_ramps(family, mdl, p, inputs):
                 toks.append(proj(x)[0, :, :2])
             start += k
             out.append(torch.cat(toks))
-    elif family == "glm4v":
+    elif family in ("glm4v", "glm4v_moe"):
         # the vision tower's own forward (patchify layout -> view / permute -> downsample conv -> merger),
         # with everything that is not grouping made the identity and the conv an average over each block
         vis = copy.deepcopy(mdl.model.visual).double()

@@ -35,6 +35,7 @@ EXPECTED = {
     "internvl": ("InternVLProcessor", "GotOcr2ImageProcessor", "<IMG_CONTEXT>", 2),
     "gemma3": ("Gemma3Processor", "Gemma3ImageProcessor", "<image_soft_token>", 2),
     "glm4v": ("Glm4vProcessor", "Glm4vImageProcessor", "<|image|>", 2),
+    "glm4v_moe": ("Glm4vProcessor", "Glm4vImageProcessor", "<|image|>", 2),
     "llama": (None, None, None, 2),
     "qwen2": (None, None, None, 2),
 }
@@ -46,6 +47,7 @@ MODEL_CLASS = {
     "internvl": "InternVLForConditionalGeneration",
     "gemma3": "Gemma3ForConditionalGeneration",
     "glm4v": "Glm4vForConditionalGeneration",
+    "glm4v_moe": "Glm4vMoeForConditionalGeneration",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
@@ -197,7 +199,9 @@ def test_chat_template(family, loaded):
     if family in VLM_FAMILIES:
         with_image = proc.apply_chat_template(example_messages("What?", 2), tokenize=False)
         placeholder = {"llava": "<image>", "idefics3": "<image>", "internvl": "<IMG_CONTEXT>",
-                       "gemma3": "<start_of_image>", "glm4v": "<|begin_of_image|><|image|><|end_of_image|>"}.get(family, "<|vision_start|><|image_pad|><|vision_end|>")
+                       "gemma3": "<start_of_image>"}.get(family, "<|vision_start|><|image_pad|><|vision_end|>")
+        if family in ("glm4v", "glm4v_moe"):
+            placeholder = "<|begin_of_image|><|image|><|end_of_image|>"
         assert with_image.count(placeholder) == 2
         # The processor's own tokenize path, with the image inside the message.
         msgs = [{"role": "user", "content": [{"type": "image", "image": synthetic_image(0)},
