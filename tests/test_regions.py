@@ -201,6 +201,10 @@ def identity_geometry(p, family):
         f = ip.patch_size * ip.merge_size
         assert ip.size.shortest_edge <= 6 * f * f <= ip.size.longest_edge
         return (3 * f, 2 * f), f
+    if family in ("glm4v", "glm4v_moe"):  # smart_resize bounds count temporal_patch_size frames
+        f = ip.patch_size * ip.merge_size
+        assert ip.size.shortest_edge <= ip.temporal_patch_size * 6 * f * f <= ip.size.longest_edge
+        return (3 * f, 2 * f), f
     if family == "idefics3":
         side = ip.max_image_size["longest_edge"]
         return (side, side), side // int(round(p.image_seq_len**0.5))
@@ -376,6 +380,40 @@ def model_token_ramps(family, mdl, p, inputs):
                 toks.append(proj(x)[0, :, :2])
             start += k
             out.append(torch.cat(toks))
+    elif family in ("glm4v", "glm4v_moe"):
+        # the vision tower's own forward (patchify layout -> view / permute -> downsample conv -> merger),
+        # with everything that is not grouping made the identity and the conv an average over each block
+        vis = copy.deepcopy(mdl.model.visual).double()
+        chans = 3 * ip.temporal_patch_size * ip.patch_size**2
+
+        class Ramp(nn.Module):  # normalised patch rows -> (red, green) mean, padded to the tower width
+            def forward(self, x):
+                x = x.view(-1, 3, chans // 3)
+                mean = torch.tensor(ip.image_mean, dtype=torch.float64).view(1, 3, 1)
+                std = torch.tensor(ip.image_std, dtype=torch.float64).view(1, 3, 1)
+                out = torch.zeros(len(x), vcfg.hidden_size, dtype=torch.float64)
+                out[:, :2] = (x.double() * std + mean)[:, :2].mean(-1)
+                return out
+
+        class Keep(nn.Module):
+            def forward(self, x, *args, **kwargs):
+                return x
+
+        vis.patch_embed, vis.post_conv_layernorm, vis.post_layernorm, vis.merger = Ramp(), Keep(), Keep(), Keep()
+        vis.embeddings = Keep()
+        vis.blocks = nn.ModuleList([Keep() for _ in vis.blocks])
+        with torch.no_grad():
+            vis.downsample.weight.zero_()
+            vis.downsample.bias.zero_()
+            for c in range(2):
+                vis.downsample.weight[c, c] = 1.0 / ip.merge_size**2
+            merged = vis(pv.double(), grid_thw=inputs["image_grid_thw"]).pooler_output[:, :2]
+        chunks = list(torch.split(merged, (inputs["image_grid_thw"].prod(-1) // ip.merge_size**2).tolist()))
+        for b in range(len(ids)):  # each row takes its images' tokens, in processor order
+            row = []
+            while sum(map(len, row)) < counts[b]:
+                row.append(chunks.pop(0))
+            out.append(torch.cat(row))
     for b, t in enumerate(out):
         assert len(t) == counts[b], (family, b, len(t), counts[b])
     return out
@@ -500,6 +538,7 @@ def test_grid_needle_boxes_are_a_strict_subset(proc, family):
     ("qwen2_vl", {}),
     ("llava", {}),
     ("gemma3", {}),
+    ("glm4v", {}),
 ])
 def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
     p = proc(family, **attrs) if attrs else proc(family)

@@ -37,6 +37,8 @@ EXPECTED = {
     "paligemma": ("PaliGemmaProcessor", "SiglipImageProcessor", "<image>", 2),
     "qwen3_vl": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "<|image_pad|>", 2),
     "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "<|image_pad|>", 2),
+    "glm4v": ("Glm4vProcessor", "Glm4vImageProcessor", "<|image|>", 2),
+    "glm4v_moe": ("Glm4vProcessor", "Glm4vImageProcessor", "<|image|>", 2),
     "llama": (None, None, None, 2),
     "qwen2": (None, None, None, 2),
 }
@@ -50,6 +52,8 @@ MODEL_CLASS = {
     "paligemma": "PaliGemmaForConditionalGeneration",
     "qwen3_vl": "Qwen3VLForConditionalGeneration",
     "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
+    "glm4v": "Glm4vForConditionalGeneration",
+    "glm4v_moe": "Glm4vMoeForConditionalGeneration",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
@@ -213,6 +217,8 @@ def test_chat_template(family, loaded):
         with_image = proc.apply_chat_template(example_messages("What?", 2), tokenize=False)
         placeholder = {"llava": "<image>", "idefics3": "<image>", "internvl": "<IMG_CONTEXT>",
                        "gemma3": "<start_of_image>"}.get(family, "<|vision_start|><|image_pad|><|vision_end|>")
+        if family in ("glm4v", "glm4v_moe"):
+            placeholder = "<|begin_of_image|><|image|><|end_of_image|>"
         assert with_image.count(placeholder) == 2
         # The processor's own tokenize path, with the image inside the message.
         msgs = [{"role": "user", "content": [{"type": "image", "image": synthetic_image(0)},

@@ -178,3 +178,18 @@ _QWEN_DEFAULT_SYSTEM = ("{% if loop.first and message['role'] != 'system' %}<|im
                         "assistant.<|im_end|>\n{% endif %}")
 assert _QWEN_DEFAULT_SYSTEM in QWEN_TEMPLATE
 QWEN3_VL_TEMPLATE = QWEN_TEMPLATE.replace(_QWEN_DEFAULT_SYSTEM, "")
+# GLM-4.1V / GLM-4.5V: "[gMASK]<sop>" prefix (no BOS token), "<|role|>\n" turns, no end-of-turn token
+# (the next role token ends a turn; generation stops on <|user|> / <|observation|> / <|endoftext|>).
+GLM4V_TEMPLATE = (
+    "[gMASK]<sop>"
+    "{% for message in messages %}"
+    "{{ '<|' + message['role'] + '|>\n' }}"
+    "{% if message['content'] is string %}{{ message['content'] }}"
+    "{% else %}{% for item in message['content'] %}"
+    "{% if " + _IS_IMAGE + " %}<|begin_of_image|><|image|><|end_of_image|>"
+    "{% elif item['type'] == 'video' or 'video' in item %}<|begin_of_video|><|video|><|end_of_video|>"
+    "{% elif item['type'] == 'text' %}{{ item['text'] }}{% endif %}"
+    "{% endfor %}{% endif %}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
