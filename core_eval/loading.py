@@ -204,7 +204,7 @@ def plan(
         family = family_for_config(config, family)
         check_requirements(family, config=config)
     except UnsupportedArchitectureError as e:
-        raise LoadError(f"pretrained={pretrained}: {e}") from None
+        raise UnsupportedArchitectureError(f"pretrained={pretrained}: {e}") from None
     shape = shape_from_config(config, family)
 
     spec_path = None
@@ -329,7 +329,7 @@ def load_family_processor(pretrained, family, *, revision=None):
     try:
         check_requirements(family, processor=processor)
     except UnsupportedArchitectureError as e:
-        raise LoadError(f"pretrained={pretrained}: {e}") from None
+        raise UnsupportedArchitectureError(f"pretrained={pretrained}: {e}") from None
     bind_family(processor, family)
     return processor
 

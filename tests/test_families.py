@@ -12,43 +12,34 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ALL_FAMILIES, VLM_FAMILIES
-from transformers import AttentionInterface
-from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+from test_model_mask import RECORD_NAME, RECORDED
 
 import core_eval
-from core_eval.adapters import MASK_KINDS, adapter_for, family_source, registered_families
-from core_eval.loading import LoadError
+from core_eval.adapters import (
+    MASK_KINDS,
+    UnsupportedArchitectureError,
+    adapter_for,
+    family_source,
+    registered_families,
+)
+from core_eval.attention.reference import allowed_keys
 
 BIN = Path(sys.executable).parent
-_RECORD = "core_eval_test_record_mask"
-_MASKS: dict[int, torch.Tensor | None] = {}
-
-
-def _record(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    _MASKS[module.layer_idx] = None if attention_mask is None else attention_mask.detach().clone()
-    return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout, **kwargs)
-
-
-AttentionInterface.register(_RECORD, _record)
-AttentionMaskInterface.register(_RECORD, sdpa_mask)
 
 
 def observed_mask_kind(model, inputs) -> str:
     """What the model's own full-attention-layer mask is, from the mask it passes to attention."""
     ad = adapter_for(model)
-    _MASKS.clear()
-    ad.set_lm_attention(_RECORD)
+    RECORDED.clear()
+    ad.set_lm_attention(RECORD_NAME)
     try:
         with torch.no_grad():
             model(**inputs)
     finally:
         ad.set_lm_attention("sdpa")
     layer = next(l for l in range(ad.shape.num_layers) if not ad.is_sliding(l))
-    mask, T = _MASKS[layer], inputs["input_ids"].shape[1]
-    if mask is None:
-        return "causal"
-    allowed = mask.bool()[:, 0, :, :T] if mask.dtype == torch.bool else mask[:, 0, :, :T] > torch.finfo(mask.dtype).min / 2
+    B, T = inputs["input_ids"].shape
+    allowed = allowed_keys(RECORDED[layer], T, T, "cpu").expand(B, 1, T, T)[:, 0]
     future = allowed & torch.ones(T, T, dtype=torch.bool).triu(1)  # (B, T, T): key after query
     if not future.any():
         return "causal"
@@ -63,12 +54,6 @@ def test_declared_mask_kind_is_the_models_own(tiny_loaded, family):
     declared = adapter_for(model).family.attention_mask
     assert declared in MASK_KINDS
     assert observed_mask_kind(model, inputs) == declared
-
-
-def test_gemma3_really_has_bidirectional_image_blocks(tiny_loaded):
-    """So the sparse / ablation invariants on gemma3 exercise a non-causal model mask."""
-    model, _, inputs = tiny_loaded("gemma3")
-    assert observed_mask_kind(model, inputs) == "bidirectional_image"
 
 
 def test_every_builtin_family_module_is_complete():
@@ -95,7 +80,8 @@ def test_a_missing_processor_field_fails_before_weights(tiny_dir, tmp_path):
     cfg = json.loads(cfg_path.read_text())
     cfg.pop("patch_size")
     cfg_path.write_text(json.dumps(cfg))
-    with pytest.raises(LoadError, match=r"family 'llava' needs processor\.patch_size, which this checkpoint"):
+    with pytest.raises(UnsupportedArchitectureError,
+                       match=r"family 'llava' needs processor\.patch_size, which this checkpoint"):
         core_eval.load(d, heads="none")
 
 
@@ -105,16 +91,17 @@ def test_a_missing_config_field_fails_before_weights(tiny_dir, tmp_path):
     d = _weightless(tiny_dir, tmp_path, "llava")
     base = registered_families()["llava"]
     strict = Family(**{**base.__dict__, "name": "llava_strict", "requires": ("config.no_such_field",)})
-    with pytest.raises(LoadError, match=r"family 'llava_strict' needs config\.no_such_field"):
+    with pytest.raises(UnsupportedArchitectureError, match=r"family 'llava_strict' needs config\.no_such_field"):
         core_eval.plan(d, family=strict)
     assert resolve_family("llava") is base  # the built-in entry for model_type llava is untouched
 
 
 def test_a_family_for_another_model_type_is_refused(tiny_dir):
-    with pytest.raises(LoadError, match=r"family 'qwen2_vl' covers model_type qwen2_vl, but this checkpoint is "
-                                        r"LlavaForConditionalGeneration \(model_type='llava'\)"):
+    with pytest.raises(UnsupportedArchitectureError,
+                       match=r"family 'qwen2_vl' covers model_type qwen2_vl, but this checkpoint is "
+                             r"LlavaForConditionalGeneration \(model_type='llava'\)"):
         core_eval.plan(tiny_dir("llava"), family="qwen2_vl")
-    with pytest.raises(LoadError, match="cannot import 'NOPE' from module 'core_eval.adapters'"):
+    with pytest.raises(UnsupportedArchitectureError, match="cannot import 'NOPE' from module 'core_eval.adapters'"):
         core_eval.plan(tiny_dir("llava"), family="core_eval.adapters:NOPE")
 
 

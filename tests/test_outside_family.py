@@ -14,9 +14,8 @@ import pytest
 import torch
 
 import core_eval
-from core_eval.adapters import family_source, register_family, registered_families
+from core_eval.adapters import UnsupportedArchitectureError, family_source, register_family, registered_families
 from core_eval.adapters.regions import sample_region_masks
-from core_eval.loading import LoadError
 
 HERE = Path(__file__).resolve().parent
 OUTSIDE = HERE / "outside_family"
@@ -138,5 +137,5 @@ def test_a_broken_entry_point_names_its_distribution(tmp_path):
     assert proc.returncode == 2
     assert "core_eval.families entry point (core-eval-broken: mistral3 = core_eval_outside_mistral3:FAMILY) " \
            "failed to import: ImportError: planted" in proc.stderr
-    with pytest.raises(LoadError):  # in-process, an unknown dotted path is a LoadError too
+    with pytest.raises(UnsupportedArchitectureError):  # in-process, an unknown dotted path is refused before anything loads
         core_eval.plan(str(tmp_path), family="no_such_module:FAMILY")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_FAMILIES, VLM_FAMILIES
+from conftest import ALL_FAMILIES, VLM_FAMILIES, grow_inputs
 from transformers import DynamicCache
 
 import oracles
@@ -25,18 +25,6 @@ CASES = [(f, k) for f in ALL_FAMILIES for k in ("streaming", "text_only") if f i
 @pytest.fixture
 def models(tiny_loaded):
     return tiny_loaded
-
-
-def extend(inputs, seq):
-    """Inputs for a full forward over ``seq`` (prompt + generated tokens), per-token fields grown."""
-    T = inputs["input_ids"].shape[1]
-    out = dict(inputs)
-    out["input_ids"] = seq
-    n = seq.shape[1] - T
-    for key, val in inputs.items():
-        if key != "input_ids" and isinstance(val, torch.Tensor) and val.dim() == 2 and val.shape[1] == T:
-            out[key] = torch.cat([val, torch.full((val.shape[0], n), 1 if key == "attention_mask" else 0, dtype=val.dtype)], 1)
-    return out
 
 
 def oracle_logits(model, inputs, full_kv, kind, visual_ids):
@@ -75,7 +63,7 @@ def test_fast_paths_equal_the_explicit_mask_oracle(models, family, kind):
     assert (got[m] - dense[m]).abs().max() > 1e-4  # and the pattern really bites at this length
     # decode: 20 greedy steps through the hybrid cache == greedy argmax of the oracle on the sequence
     assert gen.shape[1] == T + 20
-    full = oracle_logits(model, extend(inputs, gen[:, :-1]), full_kv, kind, gen[:, :-1])
+    full = oracle_logits(model, grow_inputs(model, inputs, gen[:, :-1]), full_kv, kind, gen[:, :-1])
     assert torch.equal(full[:, T - 1 :].argmax(-1), gen[:, T:])
 
 
