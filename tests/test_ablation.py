@@ -70,7 +70,7 @@ def test_empty_head_set_is_bit_identical(models, family, mode):
         iv.remove()
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "llama"])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_load_with_no_heads_matches_plain_from_pretrained(models, tiny_dir, family):
     model, proc, inputs = models(family)
     loaded = load(tiny_dir(family), heads="none", ablation="uniform")

@@ -67,7 +67,7 @@ def test_fast_paths_equal_the_explicit_mask_oracle(models, family, kind):
     assert torch.equal(full[:, T - 1 :].argmax(-1), gen[:, T:])
 
 
-@pytest.mark.parametrize("family", ["llava", "qwen2_vl", "gemma3", "llama"])
+@pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_every_head_full_is_bit_identical_to_dense(models, family):
     model, proc, inputs = models(family)
     s = adapter_for(model).shape
