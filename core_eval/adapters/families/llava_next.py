@@ -27,7 +27,6 @@ whatever the box. A box on a row would otherwise pull in a content-free token th
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -35,8 +34,7 @@ import torch
 
 from core_eval.adapters.base import Family, TinyRecipe
 from core_eval.adapters.regions import (
-    ImageContext, RegionMappingError, RegionRule, batch_output, center_crop_offset, grid_cells, no_patch, resized_hw,
-    size_get,
+    ImageContext, RegionMappingError, RegionRule, batch_output, center_crop_offset, no_patch, resized_hw, size_get,
 )
 
 NEXT_IMAGE, NEXT_PATCH = 24, 8  # tiny recipe: 3x3 tokens per frame (CLS dropped)

@@ -27,8 +27,8 @@ import torch
 
 from core_eval.adapters.base import Family, TinyRecipe
 from core_eval.adapters.families.llava_next import (
-    ANYRES_REQUIRES, NEXT_IMAGE, NEXT_PATCH, NEXT_PINPOINTS, _cells, _frame_axes, _frame_hw, _size_hw, _with_newlines,
-    anyres_axes, base_cells,
+    ANYRES_REQUIRES, NEXT_IMAGE, NEXT_PATCH, NEXT_PINPOINTS, _cells, _frame_axes, _frame_hw, _with_newlines, anyres_axes,
+    base_cells,
 )
 from core_eval.adapters.regions import (
     ImageContext, RegionMappingError, RegionRule, batch_output, grid_cells, no_patch, square_side,
@@ -79,6 +79,9 @@ def _square_base(ctx: ImageContext, g: int) -> torch.Tensor:
 
 
 def _onevision_rects(ctx: ImageContext) -> torch.Tensor:
+    """LLaVA-OneVision: alone in its prompt, base grid then the unpadded high-res grid (downsampled past
+    ``anyres_max_N``) with a no-patch newline after each row; among several images, the padded-square
+    base grid and one newline. ``batch_num_images`` (batch outputs) tells which; without it: alone."""
     p = ctx.processor
     if getattr(p, "vision_feature_select_strategy", None) == "default":
         raise RegionMappingError(
