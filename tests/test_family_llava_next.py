@@ -12,7 +12,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from test_regions import ANYRES, encode_kw, model_token_ramps, ramp_image, sample
+from test_regions import ANYRES, clipped_ramp, encode_kw, model_token_ramps, ramp_image, sample
 
 from core_eval.adapters.regions import RegionMappingError, image_token_rects, region_masks, token_rects
 from core_eval.probes import Box
@@ -101,15 +101,6 @@ def test_onevision_downsampled_cells_tile_the_unpadded_grid(tiny):
 
 
 # --------------------------------------------------------------------------- several images in one prompt
-def _expected_ramp(r, w, h, fill):
-    """Ramp a patch over ``r`` sees: the image part (clipped centre), the rest ``fill``."""
-    c = torch.stack([r[:, 0].clamp(0, w), r[:, 1].clamp(0, h), r[:, 2].clamp(0, w), r[:, 3].clamp(0, h)], 1)
-    frac = ((c[:, 2] - c[:, 0]).clamp(min=0) * (c[:, 3] - c[:, 1]).clamp(min=0)
-            / ((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])))[:, None]
-    centre = torch.stack([(c[:, 0] + c[:, 2]) / (2 * w), (c[:, 1] + c[:, 3]) / (2 * h)], 1)
-    return frac * centre + (1 - frac) * fill
-
-
 @pytest.mark.parametrize("family", ANYRES)
 def test_multi_image_tokens_see_their_pixels(tiny, family):
     """Two and three images per prompt, grouped by the model's own ``pack_image_features``; OneVision lays
@@ -131,7 +122,7 @@ def test_multi_image_tokens_see_their_pixels(tiny, family):
             assert len(r) == 10 * len(sizes) and positions(newline) == [10 * i + 9 for i in range(len(sizes))]
         for i, (w, h) in enumerate(sizes):
             k = (which == i) & ~newline
-            exp = _expected_ramp(r[k], w, h, fill)
+            exp = clipped_ramp(r[k], w, h, fill)
             extent = torch.stack([(r[k, 2] - r[k, 0]) / w, (r[k, 3] - r[k, 1]) / h], 1)
             assert ((ref[b][k] - exp).abs() <= 0.1 * extent + 0.02).all(), (family, b, i)
 
