@@ -27,8 +27,8 @@ import torch
 
 from core_eval.adapters.base import Family, TinyRecipe
 from core_eval.adapters.families.llava_next import (
-    ANYRES_REQUIRES, NEXT_IMAGE, NEXT_PATCH, NEXT_PINPOINTS, _cells, _frame_axes, _frame_hw, _with_newlines, anyres_axes,
-    base_cells,
+    ANYRES_REQUIRES, NEXT_IMAGE, NEXT_PATCH, NEXT_PINPOINTS, _cells, _frame_axes, _frame_hw, _with_newlines,
+    anyres_axes, base_cells,
 )
 from core_eval.adapters.regions import (
     ImageContext, RegionMappingError, RegionRule, batch_output, grid_cells, no_patch, square_side,
