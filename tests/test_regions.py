@@ -33,6 +33,10 @@ from core_eval.testing.inputs import load_processor, load_tiny, synthetic_image
 
 _PROCESSORS: dict = {}
 _MODELS: dict = {}
+#: Anyres families: base grid + unpadded high-res grid, each high-res row ended by a newline token (visual, no patch).
+ANYRES = ("llava_next", "llava_onevision")
+#: Families that lay an image out differently when its prompt holds several images (OneVision: base grid only).
+MULTI_IMAGE_LAYOUT = ("llava_onevision",)
 
 
 @pytest.fixture
@@ -162,6 +166,10 @@ def variant_processor(proc, family, variant):
         p = copy.deepcopy(proc("llava"))
         p.vision_feature_select_strategy = "full"
         return p
+    if variant == "max1":  # OneVision: at most one frame's worth of high-res tokens (strong downsampling)
+        p = copy.deepcopy(proc(family))
+        p.vision_aspect_ratio = "anyres_max_1"
+        return p
     raise AssertionError(variant)
 
 
@@ -174,6 +182,11 @@ def test_whole_image_box_maps_to_all_visual_tokens(proc, family, variant):
     image_tokens = inputs["input_ids"] == region_rule(family).image_token(p)
     assert image_tokens.sum() > 0
     assert torch.equal(m.visual, image_tokens)
+    if family in ANYRES:  # the newline tokens (one per high-res row) are visual but never targets
+        newline = m.visual & torch.isnan(token_rects(p, inputs, [s.images for s in samples]).rects).any(-1)
+        assert all(0 < n < 10 for n in newline.sum(1).tolist())
+        assert torch.equal(m.target, m.visual & ~newline)
+        return
     assert torch.equal(m.target, m.visual)
     if variant == "split":  # really tiled: 3x2 tiles + global image, image_seq_len tokens each
         assert m.visual[0].sum() == 7 * p.image_seq_len
@@ -219,6 +232,8 @@ def identity_geometry(p, family):
 
 @pytest.mark.parametrize("family", VLM_FAMILIES)
 def test_box_on_one_patch_maps_to_exactly_that_token(proc, family):
+    if family in ANYRES:
+        pytest.skip("anyres: every patch is seen by a base token and a high-res token (test_family_llava_next.py)")
     p = proc(family)
     (w, h), cell = identity_geometry(p, family)
     rows, cols = h // cell, w // cell
@@ -414,6 +429,29 @@ def model_token_ramps(family, mdl, p, inputs):
             while sum(map(len, row)) < counts[b]:
                 row.append(chunks.pop(0))
             out.append(torch.cat(row))
+    elif family in ANYRES:
+        # every frame's patch ramps, packed by the model's own pack_image_features (tile grid layout,
+        # unpad_image, OneVision's downsampling); a NaN image_newline marks where the model puts newlines.
+        # As in the model, the images' tokens fill the batch's image positions in order.
+        import sys
+
+        modeling = sys.modules[type(mdl).__module__]
+        cfg, nl = mdl.config, torch.full((2,), float("nan"), dtype=torch.float64)
+        per_sample = inputs.get("batch_num_images")
+        tiled = ([True] * len(pv) if per_sample is None or family not in MULTI_IMAGE_LAYOUT
+                 else [int(n) == 1 for n in per_sample for _ in range(int(n))])  # get_image_features' need_patching
+        toks = []
+        for i, size in enumerate(inputs["image_sizes"]):
+            n = modeling.image_size_to_num_patches(size, cfg.image_grid_pinpoints, vcfg.image_size) if tiled[i] else 1
+            feat = torch.stack([patch_ramp(unnormalize(f, ip), patch) for f in pv[i, :n]])
+            if family == "llava_onevision":
+                packed, _ = mdl.model.pack_image_features([feat], size[None], image_newline=nl,
+                                                          vision_aspect_ratio=p.vision_aspect_ratio)
+            else:
+                packed, _ = mdl.model.pack_image_features([feat], size[None], cfg.vision_feature_select_strategy,
+                                                          image_newline=nl)
+            toks.append(packed[0])
+        out = list(torch.cat(toks).split(counts))
     for b, t in enumerate(out):
         assert len(t) == counts[b], (family, b, len(t), counts[b])
     return out
@@ -424,13 +462,46 @@ PIXEL_CASES = [(fam, None, {}) for fam in VLM_FAMILIES] + [
     ("llava", "pad", {}),
     ("gemma3", None, dict(do_pan_and_scan=True, pan_and_scan_min_crop_size=16, pan_and_scan_max_num_crops=3,
                           pan_and_scan_min_ratio_to_activate=1.2)),
+    ("llava_onevision", "max1", {}),
 ]
+#: Extra ramp-image sizes (w, h) per family, after the shared wide / tall / very wide three.
+RAMP_SIZES = {
+    # square (OneVision: 6x6 grid downsampled to 5x5), small (one-tile canvas, upscaled), very tall, and two
+    # whose unpadded grid keeps token columns partly over the canvas padding
+    "llava_next": [(150, 150), (20, 14), (60, 200), (66, 73), (73, 154)],
+    "llava_onevision": [(150, 150), (20, 14), (60, 200), (66, 73), (73, 154)],
+}
+
+
+def clipped_ramp(r, w, h, fill):
+    """The mean ramp a patch over ``r`` sees when the part of it outside the ``w x h`` image is ``fill``."""
+    c = torch.stack([r[:, 0].clamp(0, w), r[:, 1].clamp(0, h), r[:, 2].clamp(0, w), r[:, 3].clamp(0, h)], 1)
+    frac = ((c[:, 2] - c[:, 0]).clamp(min=0) * (c[:, 3] - c[:, 1]).clamp(min=0)
+            / ((r[:, 2] - r[:, 0]) * (r[:, 3] - r[:, 1])))[:, None]
+    centre = torch.stack([(c[:, 0] + c[:, 2]) / (2 * w), (c[:, 1] + c[:, 3]) / (2 * h)], 1)
+    return frac * centre + (1 - frac) * fill
+
+
+def anyres_checked(r, ref, w, h):
+    """Anyres rows: the newline tokens must sit exactly where the model's packing put its newline (NaN in
+    ``ref``); tokens whose patch lies partly on the black canvas padding (kept by the token-unit unpadding)
+    see the ramp times the part of the patch inside the image. Returns the tokens wholly inside the image."""
+    newline = torch.isnan(ref).any(1)
+    assert newline.any() and torch.equal(torch.isnan(r).any(1), newline)
+    r, ref = r[~newline], ref[~newline]
+    tol = 1e-6
+    inside = (r[:, 0] >= -tol) & (r[:, 1] >= -tol) & (r[:, 2] <= w + tol) & (r[:, 3] <= h + tol)
+    border = ~inside
+    extent = torch.stack([(r[:, 2] - r[:, 0]) / w, (r[:, 3] - r[:, 1]) / h], dim=1)
+    seen = clipped_ramp(r[border], w, h, torch.zeros(2, dtype=torch.float64))
+    assert ((ref[border] - seen).abs() <= 0.1 * extent[border] + 0.02).all()
+    return r[inside], ref[inside]
 
 
 @pytest.mark.parametrize("family,variant,images_kwargs", PIXEL_CASES)
 def test_tokens_see_their_pixels(proc, model, family, variant, images_kwargs):
     p = variant_processor(proc, family, variant)
-    sizes = [(150, 100), (90, 130), (224, 70)]
+    sizes = [(150, 100), (90, 130), (224, 70)] + RAMP_SIZES.get(family, [])
     samples = [sample([ramp_image(*wh)], "q" * (i + 1)) for i, wh in enumerate(sizes)]
     inputs = encode_kw(p, samples, **images_kwargs)
     ref = model_token_ramps(family, model(family), p, inputs)
@@ -440,6 +511,8 @@ def test_tokens_see_their_pixels(proc, model, family, variant, images_kwargs):
         assert image_ids[2].sum() > p.image_seq_length
     for b, (w, h) in enumerate(sizes):
         r = tr.rects[b, image_ids[b]]
+        if family in ANYRES:
+            r, ref[b] = anyres_checked(r, ref[b], w, h)
         assert not torch.isnan(r).any()
         if variant == "pad":  # tokens over the square padding see the fill colour (image_mean), not the ramp
             inside = (r[:, 0] >= -1e-9) & (r[:, 1] >= -1e-9) & (r[:, 2] <= w + 1e-9) & (r[:, 3] <= h + 1e-9)
@@ -476,16 +549,20 @@ def test_multi_image_boxes_map_to_their_own_image_only(proc, family):
     m = sample_region_masks(p, inputs, [two])
     vis = positions(m.visual[0])
     # independent split of the visual tokens: image 0's count, from the processor on image 0 alone
-    n0 = int(encode(p, [sample([im0])])["input_ids"].eq(region_rule(family).image_token(p)).sum())
+    # (or, where a multi-image prompt changes the layout, on image 0 twice)
+    twice = family in MULTI_IMAGE_LAYOUT
+    n0 = int(encode(p, [sample([im0] * (1 + twice))])["input_ids"].eq(region_rule(family).image_token(p)).sum())
+    n0 //= 1 + twice
     first, second = vis[:n0], vis[n0:]
     assert len(first) > 0 and len(second) > 0
     tgt = positions(m.target[0])
     assert tgt and set(tgt) <= set(second)
     # same selection (by order within the image) as for image 1 alone with the same box
-    one = sample([im1], boxes=[Box(0, 45, 65, 90, 130)])
+    one = sample([im1] * (1 + twice), boxes=[Box(int(twice), 45, 65, 90, 130)])
     inputs1 = encode(p, [one])
     m1 = sample_region_masks(p, inputs1, [one])
     sel1 = m1.target[0][m1.visual[0]]
+    sel1 = sel1[len(sel1) // 2:] if twice else sel1
     assert torch.equal(m.target[0, second], sel1)
     assert 0 < int(sel1.sum()) < len(second)
     # boxes on both images: union of the two
@@ -539,6 +616,11 @@ def test_grid_needle_boxes_are_a_strict_subset(proc, family):
     ("llava", {}),
     ("gemma3", {}),
     ("glm4v", {}),
+    ("llava_next", {}),
+    ("llava_onevision", {}),
+    # up to 3x3 tiles (OneVision: 9x9 grids downsampled) and a one-tile canvas
+    ("llava_next", dict(image_grid_pinpoints=[[24, 24], [24, 72], [72, 24], [48, 48], [48, 72], [72, 72]])),
+    ("llava_onevision", dict(image_grid_pinpoints=[[24, 24], [24, 72], [72, 24], [48, 48], [48, 72], [72, 72]])),
 ])
 def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
     p = proc(family, **attrs) if attrs else proc(family)

@@ -39,6 +39,8 @@ EXPECTED = {
     "qwen3_vl_moe": ("Qwen3VLProcessor", "Qwen2VLImageProcessor", "<|image_pad|>", 2),
     "glm4v": ("Glm4vProcessor", "Glm4vImageProcessor", "<|image|>", 2),
     "glm4v_moe": ("Glm4vProcessor", "Glm4vImageProcessor", "<|image|>", 2),
+    "llava_next": ("LlavaNextProcessor", "LlavaNextImageProcessor", "<image>", 4),
+    "llava_onevision": ("LlavaOnevisionProcessor", "LlavaOnevisionImageProcessor", "<image>", 2),
     "llama": (None, None, None, 2),
     "qwen2": (None, None, None, 2),
 }
@@ -54,9 +56,14 @@ MODEL_CLASS = {
     "qwen3_vl_moe": "Qwen3VLMoeForConditionalGeneration",
     "glm4v": "Glm4vForConditionalGeneration",
     "glm4v_moe": "Glm4vMoeForConditionalGeneration",
+    "llava_next": "LlavaNextForConditionalGeneration",
+    "llava_onevision": "LlavaOnevisionForConditionalGeneration",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
+#: Visual tokens per example image in a prompt with several images, where that differs (OneVision: base grid
+#: + newline only).
+MULTI_IMAGE_TOKENS = {"llava_onevision": 10}
 
 
 def test_family_constants():
@@ -186,7 +193,9 @@ def test_multi_image_and_text_only_prompts(family, loaded):
     for n in (0, 2) if family != "paligemma" else (2,):
         batch = example_inputs(family, batch=2, n_images=n, processor=proc)
         n_img = (batch["input_ids"] == model.config.image_token_id).sum(-1).tolist()
-        assert n_img == [n * EXAMPLE_IMAGE_TOKENS[family]] * 2
+        per_image = MULTI_IMAGE_TOKENS.get(family, EXAMPLE_IMAGE_TOKENS[family]) if n > 1 else None
+        per_image = per_image or EXAMPLE_IMAGE_TOKENS[family]
+        assert n_img == [n * per_image] * 2
         with torch.no_grad():
             assert model(**batch).logits.shape[:2] == batch["input_ids"].shape
 
@@ -216,7 +225,8 @@ def test_chat_template(family, loaded):
     if family in VLM_FAMILIES:
         with_image = proc.apply_chat_template(example_messages("What?", 2), tokenize=False)
         placeholder = {"llava": "<image>", "idefics3": "<image>", "internvl": "<IMG_CONTEXT>",
-                       "gemma3": "<start_of_image>"}.get(family, "<|vision_start|><|image_pad|><|vision_end|>")
+                       "gemma3": "<start_of_image>", "llava_next": "<image>",
+                       "llava_onevision": "<image>"}.get(family, "<|vision_start|><|image_pad|><|vision_end|>")
         if family in ("glm4v", "glm4v_moe"):
             placeholder = "<|begin_of_image|><|image|><|end_of_image|>"
         assert with_image.count(placeholder) == 2

@@ -193,3 +193,18 @@ GLM4V_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
+
+# LLaVA-OneVision (llava-hf *-ov-hf): images first, then videos, then the text, each turn "<|im_start|>role ".
+ONEVISION_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + ' ' }}"
+    "{% if message['content'] is string %}{{ '\n' + message['content'] }}"
+    "{% else %}"
+    "{% for item in message['content'] %}{% if " + _IS_IMAGE + " %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "{% for item in message['content'] %}"
+    "{% if item['type'] == 'video' or 'video' in item %}{{ '<video>' }}{% endif %}{% endfor %}"
+    "{% for item in message['content'] if item['type'] == 'text' %}{{ '\n' + item['text'] }}{% endfor %}"
+    "{% endif %}{{ '<|im_end|>\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
+)
