@@ -11,7 +11,9 @@
 - :func:`exact_match`, :func:`relaxed_match`; :func:`probe_set_hash` for head specs.
 """
 
-from core_eval.probes.types import Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample, probe_set_hash
+from core_eval.probes.types import (
+    Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample, Video, probe_set_hash,
+)
 from core_eval.probes.metrics import (
     NUMBER_WORDS, exact_match, first_line, normalize_answer, probe_scores, relaxed_match,
 )
@@ -24,7 +26,7 @@ from core_eval.probes.tasks import ProbeTask, probe_tasks, resolve_probes
 from core_eval.probes.hf import DEFAULT_N, add_probe_arguments, custom_dataset, load_probe, probe_dataset, to_hf_dataset
 
 __all__ = [
-    "Box", "LazyImages", "ProbeArgumentError", "ProbeDataError", "ProbeSample", "probe_set_hash",
+    "Box", "LazyImages", "ProbeArgumentError", "ProbeDataError", "ProbeSample", "Video", "probe_set_hash",
     "NUMBER_WORDS", "exact_match", "first_line", "normalize_answer", "probe_scores", "relaxed_match",
     "KEY_LETTERS", "KEY_WORDS", "PROBE_FAMILIES", "count_control", "family_knobs", "generate", "grid_needle",
     "multi_image_needle", "text_lookup", "read_jsonl", "write_jsonl", "ProbeTask", "probe_tasks", "resolve_probes",

@@ -1,13 +1,15 @@
 """Probe sample types and the probe-set content hash.
 
 Coordinates: a :class:`Box` is in pixels of one image, half-open (``x0 <= x < x1``,
-``y0 <= y < y1``), origin at the top-left corner; ``image`` is a 0-based index into
-``ProbeSample.images``.
+``y0 <= y < y1``), origin at the top-left corner. With ``frame=None`` it lies on image ``image``
+(0-based index into ``ProbeSample.images``); with ``frame=k`` it lies on frame ``k`` (0-based,
+into that video's ``frames``) of video ``image`` (index into ``ProbeSample.videos``). A video
+target *tube* (VidSTG) is one box per frame inside the temporal segment.
 
 Target region rule: ``ProbeSample.boxes`` lists the region(s) the answer is read from. An empty
-list means *the whole image(s)*: :meth:`ProbeSample.target_boxes` turns it into one full-image
-box per image. Generators only produce empty lists for degenerate cases (a count of 0); user
-JSONL rows may omit boxes.
+list means *the whole image(s)* (and every frame of every video): :meth:`ProbeSample.target_boxes`
+turns it into one full-image box per image and per frame. Generators only produce empty lists for
+degenerate cases (a count of 0); user rows that omit boxes say so explicitly (see the readers).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from typing import Any
 
 from PIL import Image
 
-__all__ = ["Box", "ProbeSample", "ProbeDataError", "LazyImages", "probe_set_hash"]
+__all__ = ["Box", "ProbeSample", "ProbeDataError", "LazyImages", "Video", "probe_set_hash"]
 
 
 class ProbeArgumentError(ValueError):
@@ -38,19 +40,24 @@ class ProbeDataError(ValueError):
 
 @dataclass(frozen=True)
 class Box:
-    """Half-open pixel box ``[x0, x1) x [y0, y1)`` in image ``image`` (0-based)."""
+    """Half-open pixel box ``[x0, x1) x [y0, y1)`` in image ``image`` (0-based), or, with
+    ``frame`` set, on frame ``frame`` of video ``image``."""
 
     image: int
     x0: float
     y0: float
     x1: float
     y1: float
+    frame: int | None = None
 
     def as_list(self) -> list:
         return [self.x0, self.y0, self.x1, self.y1]
 
     def to_dict(self) -> dict:
-        return {"image": self.image, "box": self.as_list()}
+        d = {"image": self.image, "box": self.as_list()}
+        if self.frame is not None:  # image boxes keep their record (and probe-set hashes) unchanged
+            d["frame"] = self.frame
+        return d
 
     @property
     def width(self) -> float:
@@ -88,9 +95,36 @@ class LazyImages(Sequence):
         return f"LazyImages({[str(p) for p in self.paths]!r})"
 
 
+@dataclass
+class Video:
+    """A video as the model will see it: decoded ``frames`` (PIL images, all one size, in time
+    order; a :class:`LazyImages` keeps them on disk) sampled at ``fps`` frames per second, the
+    first at ``start`` seconds of the source."""
+
+    frames: Sequence[Image.Image]
+    fps: float = 1.0
+    start: float = 0.0
+
+    def __post_init__(self):
+        if len(self.frames) == 0:
+            raise ValueError("a video needs at least one frame")
+        if not self.fps > 0:
+            raise ValueError(f"video fps={self.fps!r} must be > 0")
+
+    @property
+    def size(self) -> tuple[int, int]:
+        """``(width, height)`` of the frames (without decoding file-backed frames)."""
+        sizes = getattr(self.frames, "sizes", None)
+        return tuple(sizes[0]) if sizes is not None else self.frames[0].size
+
+    def to_record(self) -> dict:
+        return {"n_frames": len(self.frames), "fps": self.fps, "start": self.start, "size": list(self.size)}
+
+
 @dataclass(eq=False)
 class ProbeSample:
-    """One probe: images, plain-text question (no image placeholders), gold answer, target boxes."""
+    """One probe: images and/or videos, plain-text question (no placeholders), gold answer, target
+    boxes (image boxes, or per-frame video boxes: see :class:`Box`)."""
 
     id: str
     images: Sequence[Image.Image]
@@ -100,14 +134,22 @@ class ProbeSample:
     boxes: list[Box] = field(default_factory=list)
     family: str = "custom"
     meta: dict[str, Any] = field(default_factory=dict)
+    videos: list[Video] = field(default_factory=list)
 
     def __post_init__(self):
-        n = len(self.images)
-        if n == 0:
-            raise ValueError(f"probe {self.id!r}: no images")
+        n, nv = len(self.images), len(self.videos)
+        if n == 0 and nv == 0:
+            raise ValueError(f"probe {self.id!r}: no images and no videos")
         for b in self.boxes:
-            if not 0 <= b.image < n:
+            if b.frame is None and not 0 <= b.image < n:
                 raise ValueError(f"probe {self.id!r}: box image index {b.image} out of range (n_images={n})")
+            if b.frame is not None:
+                if not 0 <= b.image < nv:
+                    raise ValueError(f"probe {self.id!r}: box video index {b.image} out of range (n_videos={nv})")
+                nf = len(self.videos[b.image].frames)
+                if not 0 <= b.frame < nf:
+                    raise ValueError(f"probe {self.id!r}: box frame {b.frame} out of range (video {b.image} has "
+                                     f"{nf} frames)")
 
     @property
     def image_sizes(self) -> list[tuple[int, int]]:
@@ -116,14 +158,20 @@ class ProbeSample:
         return list(sizes) if sizes is not None else [im.size for im in self.images]
 
     def target_boxes(self) -> list[Box]:
-        """The boxes, or one whole-image box per image when ``boxes`` is empty."""
+        """The boxes, or, when ``boxes`` is empty, one whole-image box per image and one whole-frame
+        box per frame of every video."""
         if self.boxes:
             return list(self.boxes)
-        return [Box(i, 0, 0, w, h) for i, (w, h) in enumerate(self.image_sizes)]
+        whole = [Box(i, 0, 0, w, h) for i, (w, h) in enumerate(self.image_sizes)]
+        for v, video in enumerate(self.videos):
+            w, h = video.size
+            whole += [Box(v, 0, 0, w, h, frame=f) for f in range(len(video.frames))]
+        return whole
 
     def to_record(self) -> dict:
-        """JSON-able dict (images as sizes only); boxes as ``{"image": i, "box": [...]}``."""
-        return {
+        """JSON-able dict (images as sizes only); boxes as ``{"image": i, "box": [...]}`` (plus
+        ``"frame"`` for video boxes); ``videos`` only when there are any."""
+        rec = {
             "id": self.id,
             "family": self.family,
             "question": self.question,
@@ -133,6 +181,9 @@ class ProbeSample:
             "boxes": [b.to_dict() for b in self.boxes],
             "meta": self.meta,
         }
+        if self.videos:
+            rec["videos"] = [v.to_record() for v in self.videos]
+        return rec
 
 
 def probe_set_hash(samples: Sequence[ProbeSample]) -> str:
@@ -146,7 +197,7 @@ def probe_set_hash(samples: Sequence[ProbeSample]) -> str:
         rec = json.dumps(s.to_record(), sort_keys=True, separators=(",", ":"), ensure_ascii=False)
         h.update(len(rec.encode()).to_bytes(8, "big"))
         h.update(rec.encode())
-        for im in s.images:
+        for im in [*s.images, *(f for v in s.videos for f in v.frames)]:
             if im.mode != "RGB":
                 im = im.convert("RGB")
             data = im.tobytes()
