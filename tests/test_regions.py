@@ -97,7 +97,7 @@ def positions(mask_row):
 
 # --------------------------------------------------------------------------- registry & errors
 def test_every_vlm_family_has_a_rule_and_text_has_none():
-    for fam in (*VLM_FAMILIES, "smolvlm"):
+    for fam in VLM_FAMILIES:
         assert region_rule(fam) is registered_families()[fam].region is not None
     with pytest.raises(RegionMappingError, match="'text' has no region-to-token mapping.*gemma3"):
         region_rule("text")
@@ -232,8 +232,9 @@ def identity_geometry(p, family):
 
 # anyres families: every patch is seen by a base token and a high-res token; their one-cell box
 # check is in test_family_llava_next.py. Tiny models whose processor gives no single token grid for one
-# image: idefics2 (perceiver latents: no patch grid at all); see tests/test_family_<name>.py.
-NO_SINGLE_GRID = {"idefics2"}
+# image: idefics2 (perceiver latents: no patch grid at all) and smolvlm (always tiles + global image);
+# see tests/test_family_<name>.py.
+NO_SINGLE_GRID = {"idefics2", "smolvlm"}
 
 
 @pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if f not in (*ANYRES, *NO_SINGLE_GRID)])
@@ -360,7 +361,7 @@ def model_token_ramps(family, mdl, p, inputs):
             start += t * gh * gw
             x[:, :2] = x[:, :2] * std + mean
             out.append(merger(x).view(-1, m2, C)[..., :2].mean(1))
-    elif family == "idefics3":
+    elif family in ("idefics3", "smolvlm"):
         scale = mdl.model.connector.scale_factor
         for b in range(len(ids)):
             toks = []
@@ -648,6 +649,7 @@ def test_grid_needle_boxes_are_a_strict_subset(proc, family):
     # up to 3x3 tiles (OneVision: 9x9 grids downsampled) and a one-tile canvas
     ("llava_next", dict(image_grid_pinpoints=[[24, 24], [24, 72], [72, 24], [48, 48], [48, 72], [72, 72]])),
     ("llava_onevision", dict(image_grid_pinpoints=[[24, 24], [24, 72], [72, 24], [48, 48], [48, 72], [72, 72]])),
+    ("smolvlm", {}),
     ("idefics2", dict(do_image_splitting=False)),  # with splitting, Idefics2's processor fails on 1x1 images
 ])
 def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
@@ -673,29 +675,16 @@ def test_all_registered_rules_are_documented():
 
 
 def test_smolvlm_uses_the_idefics3_layout(proc):
-    """SmolVLM's image processor with the smolvlm rule (SmolVLMProcessor itself needs num2words; without
-    it, the SmolVLM image processor runs inside the Idefics3 processor, which emits the same layout)."""
-    from transformers import SmolVLMImageProcessor
-
-    base = proc("idefics3")
-    tile = base.image_processor.max_image_size["longest_edge"]
-    ip = SmolVLMImageProcessor(size={"longest_edge": 3 * tile}, max_image_size={"longest_edge": tile},
-                               do_image_splitting=True)
-    try:
-        from transformers import SmolVLMProcessor
-        from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
-
-        p = SmolVLMProcessor(image_processor=ip, tokenizer=copy.deepcopy(base.tokenizer),
-                             video_processor=SmolVLMVideoProcessor(), image_seq_len=base.image_seq_len,
-                             chat_template=base.chat_template)
-    except ImportError:
-        p = copy.deepcopy(base)
-        p.image_processor = ip
+    """The real tiny SmolVLM (SmolVLMProcessor + SmolVLMImageProcessor, splitting on) under the smolvlm rule,
+    which is Idefics3's: 3x3 / 3x2 tiles + global image, box -> its tiles + the global image."""
+    p = proc("smolvlm")
+    assert type(p).__name__ == "SmolVLMProcessor" and type(p.image_processor).__name__ == "SmolVLMImageProcessor"
+    assert region_rule("smolvlm") is region_rule("idefics3")
     samples = generate("grid_needle", 2, grid=4, image_size=448) + [sample([synthetic_image(0, (150, 100))])]
     inputs = encode(p, samples)
-    m = sample_region_masks(p, inputs, samples, family="smolvlm")
-    assert m.visual[0].sum() == 10 * base.image_seq_len  # 3x3 tiles + global
-    assert m.visual[2].sum() == 7 * base.image_seq_len  # 3x2 tiles + global
+    m = sample_region_masks(p, inputs, samples)
+    assert m.visual[0].sum() == 10 * p.image_seq_len  # 3x3 tiles + global
+    assert m.visual[2].sum() == 7 * p.image_seq_len  # 3x2 tiles + global
     assert torch.equal(m.target[2], m.visual[2])
     for b in range(2):
         assert 0 < int(m.target[b].sum()) < int(m.visual[b].sum())
