@@ -30,6 +30,7 @@ from core_eval.probes import Box, ProbeSample, generate
 from core_eval.prompting import encode, prompt_text
 from core_eval.testing import VLM_FAMILIES
 from core_eval.testing.inputs import load_processor, load_tiny, synthetic_image
+from core_eval.testing.tiny_models import recipes
 
 _PROCESSORS: dict = {}
 _MODELS: dict = {}
@@ -37,6 +38,11 @@ _MODELS: dict = {}
 ANYRES = ("llava_next", "llava_onevision")
 #: Families that lay an image out differently when its prompt holds several images (OneVision: base grid only).
 MULTI_IMAGE_LAYOUT = ("llava_onevision",)
+
+
+def family_of(tiny: str) -> str:
+    """The family a tiny model belongs to (a family may have several tiny recipes: internvl3_5 is internvl's)."""
+    return recipes()[tiny][0].name
 
 
 @pytest.fixture
@@ -97,7 +103,7 @@ def positions(mask_row):
 
 # --------------------------------------------------------------------------- registry & errors
 def test_every_vlm_family_has_a_rule_and_text_has_none():
-    for fam in VLM_FAMILIES:
+    for fam in {family_of(f) for f in VLM_FAMILIES}:
         assert region_rule(fam) is registered_families()[fam].region is not None
     with pytest.raises(RegionMappingError, match="'text' has no region-to-token mapping.*gemma3"):
         region_rule("text")
@@ -178,8 +184,8 @@ def test_whole_image_box_maps_to_all_visual_tokens(proc, family, variant):
     p = variant_processor(proc, family, variant)
     samples = [sample([synthetic_image(0, (150, 100))]), sample([synthetic_image(1, (90, 130))], "Which colour?")]
     inputs = encode(p, samples)
-    m = sample_region_masks(p, inputs, samples, family=family)
-    image_tokens = inputs["input_ids"] == region_rule(family).image_token(p)
+    m = sample_region_masks(p, inputs, samples, family=family_of(family))
+    image_tokens = inputs["input_ids"] == region_rule(family_of(family)).image_token(p)
     assert image_tokens.sum() > 0
     assert torch.equal(m.visual, image_tokens)
     if family in ANYRES:  # the newline tokens (one per high-res row) are visual but never targets
@@ -221,7 +227,7 @@ def identity_geometry(p, family):
     if family == "idefics3":
         side = ip.max_image_size["longest_edge"]
         return (side, side), side // int(round(p.image_seq_len**0.5))
-    if family == "internvl":
+    if family in ("internvl", "internvl3_5"):
         side = ip.size.height
         return (side, side), side // int(round(p.image_seq_length**0.5))
     if family in ("gemma3", "paligemma"):
@@ -318,7 +324,7 @@ def patch_ramp(frame, patch):
 def model_token_ramps(family, mdl, p, inputs):
     """Per row, the (n_visual, 2) ramp values each visual token sees, in LM order, via the model's own code."""
     ip, ids = p.image_processor, inputs["input_ids"]
-    counts = (ids == region_rule(family).image_token(p)).sum(1).tolist()
+    counts = (ids == region_rule(family_of(family)).image_token(p)).sum(1).tolist()
     pv, out = inputs["pixel_values"], []
     vcfg = mdl.config.vision_config
     patch = vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
@@ -372,7 +378,7 @@ def model_token_ramps(family, mdl, p, inputs):
                 shuffled = mdl.model.connector.pixel_shuffle(ramp, scale)  # (1, n, 2 * s^2)
                 toks.append(shuffled[0].view(shuffled.shape[1], scale**2, 2).mean(1))
             out.append(torch.cat(toks))
-    elif family == "internvl":
+    elif family in ("internvl", "internvl3_5"):
         start = 0
         for b in range(len(ids)):
             k = counts[b] // p.image_seq_length
@@ -534,7 +540,7 @@ def test_tokens_see_their_pixels(proc, model, family, variant, images_kwargs):
     inputs = encode_kw(p, samples, **images_kwargs)
     ref = model_token_ramps(family, model(family), p, inputs)
     tr = token_rects(p, inputs, [s.images for s in samples], images_kwargs=images_kwargs)
-    image_ids = inputs["input_ids"] == region_rule(family).image_token(p)
+    image_ids = inputs["input_ids"] == region_rule(family_of(family)).image_token(p)
     if images_kwargs.get("do_pan_and_scan"):  # the crops really happened for the wide/tall images
         assert image_ids[2].sum() > p.image_seq_length
     for b, (w, h) in enumerate(sizes):
@@ -579,7 +585,7 @@ def test_multi_image_boxes_map_to_their_own_image_only(proc, family):
     # independent split of the visual tokens: image 0's count, from the processor on image 0 alone
     # (or, where a multi-image prompt changes the layout, on image 0 twice)
     twice = family in MULTI_IMAGE_LAYOUT
-    n0 = int(encode(p, [sample([im0] * (1 + twice))])["input_ids"].eq(region_rule(family).image_token(p)).sum())
+    n0 = int(encode(p, [sample([im0] * (1 + twice))])["input_ids"].eq(region_rule(family_of(family)).image_token(p)).sum())
     n0 //= 1 + twice
     first, second = vis[:n0], vis[n0:]
     assert len(first) > 0 and len(second) > 0
@@ -659,7 +665,7 @@ def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
     samples = [sample([Image.new("RGB", wh)]) for wh in sizes]
     inputs = encode(p, samples)
     tr = token_rects(p, inputs, [s.images for s in samples])  # raises on any count mismatch
-    assert torch.equal(tr.image >= 0, inputs["input_ids"] == region_rule(family).image_token(p))
+    assert torch.equal(tr.image >= 0, inputs["input_ids"] == region_rule(family_of(family)).image_token(p))
     if family == "qwen2_vl":  # without image_grid_thw the mapping recomputes smart_resize
         for i, wh in enumerate(sizes):
             n = len(image_token_rects(p, wh))
@@ -669,7 +675,7 @@ def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
 
 def test_all_registered_rules_are_documented():
     rules = [f.region for f in registered_families().values() if f.region is not None]
-    assert len(rules) >= len(VLM_FAMILIES)
+    assert len(rules) >= len({family_of(f) for f in VLM_FAMILIES})
     for rule in rules:
         assert rule.summary and rule.token_rects.__doc__
 
