@@ -210,31 +210,10 @@ ONEVISION_TEMPLATE = (
 )
 
 # Idefics2: the Idefics3 turn layout without a BOS in the template (its Llama-style tokenizer adds BOS).
-IDEFICS2_TEMPLATE = (
-    "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}"
-    "{% if message['content'] is string %}{{ ': ' + message['content'] }}"
-    "{% else %}"
-    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'text' %}{{ item['text'] }}{% elif " + _IS_IMAGE + " %}{{ '<image>' }}{% endif %}"
-    "{% endfor %}{% endif %}<end_of_utterance>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
+IDEFICS2_TEMPLATE = IDEFICS3_TEMPLATE.removeprefix("<|begin_of_text|>")
 
-# SmolVLM: like Idefics3 but the template starts with its BOS <|im_start|>, and videos are <video>.
-SMOLVLM_TEMPLATE = (
-    "<|im_start|>"
-    "{% for message in messages %}"
-    "{{ message['role'] | capitalize }}"
-    "{% if message['content'] is string %}{{ ': ' + message['content'] }}"
-    "{% else %}"
-    "{% if message['content'][0]['type'] == 'image' %}{{ ':' }}{% else %}{{ ': ' }}{% endif %}"
-    "{% for item in message['content'] %}"
-    "{% if item['type'] == 'text' %}{{ item['text'] }}{% elif " + _IS_IMAGE + " %}{{ '<image>' }}"
-    "{% elif item['type'] == 'video' %}{{ '<video>' }}{% endif %}"
-    "{% endfor %}{% endif %}<end_of_utterance>\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}"
-)
+# SmolVLM: the same turns after its BOS <|im_start|>, with {"type": "video"} items written as <video>.
+_IMAGE_ITEM = "{{ '<image>' }}{% endif %}"
+SMOLVLM_TEMPLATE = "<|im_start|>" + IDEFICS2_TEMPLATE.replace(
+    _IMAGE_ITEM, "{{ '<image>' }}{% elif item['type'] == 'video' %}{{ '<video>' }}{% endif %}")
+assert IDEFICS2_TEMPLATE != IDEFICS3_TEMPLATE and _IMAGE_ITEM in IDEFICS2_TEMPLATE
