@@ -1,5 +1,7 @@
 """Synthetic retrieval probe families and their registry.
 
+Families: ``grid_needle``, ``multi_image_needle``, ``text_lookup``, ``count_control`` (here) and the
+multi-page ``doc_needle`` (:mod:`core_eval.probes.doc_needle`, registered below with :func:`_family`).
 Each family is ``fn(n, seed=0, **knobs) -> list[ProbeSample]``. Sample ``i`` is drawn from its
 own RNG seeded by sha256(family, seed, i), so generation is byte-identical across processes and
 ``generate(f, 5)[:3] == generate(f, 3)``. Ids are ``<family>-s<seed>-<knob hash>-<i>``, so
@@ -26,7 +28,7 @@ from core_eval.probes.metrics import NUMBER_WORDS
 from core_eval.probes.types import Box, ProbeArgumentError, ProbeSample
 
 __all__ = ["PROBE_FAMILIES", "generate", "family_knobs", "grid_needle", "multi_image_needle",
-           "text_lookup", "count_control", "KEY_WORDS", "KEY_LETTERS"]
+           "text_lookup", "count_control", "doc_needle", "KEY_WORDS", "KEY_LETTERS"]
 
 PROBE_FAMILIES: dict[str, Callable[..., list[ProbeSample]]] = {}
 _TYPES = [(c, s) for c in PALETTE for s in SHAPES]
@@ -551,3 +553,10 @@ def _count_control(rng, min_count=1, max_count=5, n_distractors=4, count_by="col
 
 
 count_control = PROBE_FAMILIES["count_control"]
+
+
+# ----------------------------------------------------------------------------- doc_needle (own module)
+
+from core_eval.probes import doc_needle as _doc_needle_module  # noqa: E402  (registers "doc_needle")
+
+doc_needle = PROBE_FAMILIES["doc_needle"]
