@@ -25,7 +25,7 @@ __all__ = ["BOX_FORMATS", "EDGE_TOLERANCE", "check_box_format", "parse_box", "pa
 BOX_FORMATS = ("xyxy", "xywh")
 #: Overshoot past an image edge (pixels, strictly less) that is clipped instead of rejected.
 EDGE_TOLERANCE = 1.0
-_BOX_KEY = re.compile(r"b(?:ounding_?)?box|^rect|region", re.IGNORECASE)
+_BOX_KEY = re.compile(r"box|^rect|region", re.IGNORECASE)
 _SHAPE = {"xyxy": "[x0, y0, x1, y1]", "xywh": "[x, y, width, height]"}
 
 
@@ -44,7 +44,7 @@ def check_box_format(fmt) -> str | None:
     """``None`` when ``fmt`` is a known box format, else the error message."""
     if fmt in BOX_FORMATS:
         return None
-    return f"bbox_format {_fmt(fmt)} is not one of {', '.join(map(repr, BOX_FORMATS))}"
+    return f"bbox_format {fmt!r} is not one of {', '.join(map(repr, BOX_FORMATS))}"
 
 
 def parse_box(raw, fmt: str, size: tuple[int, int] | None, where: str):

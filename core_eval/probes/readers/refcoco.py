@@ -234,6 +234,8 @@ def read_hf(spec: str, n: int | None = None, seed: int = 0, *, image_root=None, 
                                  f"{schema.name!r} has its own questions and answers")
 
     image_col = roles.get("image") or roles.get("pages") or roles.get("images")
+    if template is not None:  # the row columns the template reads
+        used |= template.fields() & cols
     view = _Rows(ds.select_columns(sorted(used)))
     rows = pick_rows(len(view), n, options.get("shuffle", False), seed)
     samples, errors, seen = [], [], {}
