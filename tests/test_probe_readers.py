@@ -22,7 +22,7 @@ from core_eval.cli import main as cli_main
 from core_eval.probes import (
     Box, ProbeArgumentError, ProbeDataError, generate, load_probe, probe_set_hash, read_jsonl, to_hf_dataset,
 )
-from core_eval.probes.draw import BACKGROUND, render_text
+from core_eval.probes.draw import render_text
 from core_eval.probes.readers import refcoco as R
 from core_eval.probes.readers.boxes import EDGE_TOLERANCE, parse_box
 from core_eval.probes.readers.images import EncodedImages

@@ -14,7 +14,7 @@ from __future__ import annotations
 from PIL import Image, ImageDraw
 
 from core_eval.probes.draw import BACKGROUND, TEXT_COLOUR, bitmap_font
-from core_eval.probes.families import KEY_WORDS, _choice, _family, _int, _value
+from core_eval.probes.families import KEY_WORDS, PROBE_FAMILIES, _choice, _family, _int, _key_values
 from core_eval.probes.types import Box
 
 __all__ = ["doc_needle"]
@@ -101,12 +101,7 @@ def _doc_needle(rng, n_pages=4, rows_per_page=10, page_width=336, page_height=44
     ``evidence_page``: 1-based page of the needle (0: drawn at random).
     """
     total = n_pages * rows_per_page
-    keys = rng.sample(KEY_WORDS, total)
-    values: list[str] = []
-    while len(values) < total:
-        v = _value(rng, value_kind, value_len)
-        if v not in values:
-            values.append(v)
+    keys, values = _key_values(rng, total, value_kind, value_len)
     e = evidence_page - 1 if evidence_page else rng.randrange(n_pages)
     t = rng.randrange(rows_per_page)
     images, layouts = [], []
@@ -134,3 +129,6 @@ def _doc_needle(rng, n_pages=4, rows_per_page=10, page_width=336, page_height=44
         "boxes": [Box(e, *b) for b in region_boxes],
         "meta": {"evidence_pages": [e + 1], "key": key, "row": t, "box_roles": roles, "layout": layouts},
     }
+
+
+doc_needle = PROBE_FAMILIES["doc_needle"]

@@ -360,6 +360,17 @@ def _value(rng, kind, n):
             return v
 
 
+def _key_values(rng, n, kind, value_len) -> tuple[list[str], list[str]]:
+    """``n`` distinct keys of :data:`KEY_WORDS` and ``n`` distinct values (drawn in that order)."""
+    keys = rng.sample(KEY_WORDS, n)
+    values: list[str] = []
+    while len(values) < n:
+        v = _value(rng, kind, value_len)
+        if v not in values:
+            values.append(v)
+    return keys, values
+
+
 @_family("text_lookup", _check_text)
 def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, font_scale=2,
                  layout="page", table_side=0, n_keys=len(KEY_LETTERS)):
@@ -381,12 +392,7 @@ def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, 
         return _text_table(rng, n_rows, image_size, value_kind, value_len, table_side, n_keys)
     base, top, _, _ = _text_layout({"image_size": image_size, "font_scale": font_scale,
                                     "value_len": value_len})
-    keys = rng.sample(KEY_WORDS, n_rows)
-    values: list[str] = []
-    while len(values) < n_rows:
-        v = _value(rng, value_kind, value_len)
-        if v not in values:
-            values.append(v)
+    keys, values = _key_values(rng, n_rows, value_kind, value_len)
     t = rng.randrange(n_rows)
 
     font = bitmap_font()
@@ -557,6 +563,4 @@ count_control = PROBE_FAMILIES["count_control"]
 
 # ----------------------------------------------------------------------------- doc_needle (own module)
 
-from core_eval.probes import doc_needle as _doc_needle_module  # noqa: E402  (registers "doc_needle")
-
-doc_needle = PROBE_FAMILIES["doc_needle"]
+from core_eval.probes.doc_needle import doc_needle  # noqa: E402  (importing it registers "doc_needle")

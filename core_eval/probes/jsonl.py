@@ -24,7 +24,6 @@ Relative image paths resolve against ``image_root``, else the JSONL file's folde
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,7 +32,7 @@ from PIL import Image
 
 from core_eval.probes.readers.boxes import box_key_error, box_like_keys, check_box_format, parse_boxes
 from core_eval.probes.readers.documents import DOCUMENT_KEYS, document_boxes
-from core_eval.probes.types import Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample
+from core_eval.probes.types import LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample
 
 __all__ = ["read_jsonl", "write_jsonl", "JSONL_OPTIONS"]
 
