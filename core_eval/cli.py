@@ -60,13 +60,17 @@ def _score(args) -> int:
 
     cfg = ScoreConfig(probes=args.probes, n=args.n, seed=args.seed, knobs=json.loads(args.knobs),
                       query_rows=args.query_rows, batch_size=args.batch_size, only_correct=args.only_correct,
-                      max_new_tokens=args.max_new_tokens, frac=args.frac)
+                      max_new_tokens=args.max_new_tokens, frac=args.frac, bootstrap=args.bootstrap)
     spec = score(args.model, args.out, cfg, image_root=args.image_root, dtype=args.dtype, device=args.device,
                  family=args.family)
     if spec is not None:
         sc = spec.scorer
         print(f"wrote {args.out}: {sc['n_used']}/{sc['n_samples']} samples used, accuracy {sc['accuracy']:.3f}, "
               f"top-{args.frac:.0%} heads {spec.by_layer}")
+        if spec.stability is not None:
+            from core_eval.scoring.stability import stability_summary
+
+            print(stability_summary(spec.stability))
     return 0
 
 
@@ -136,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--batch-size", type=int, default=8)
     sc.add_argument("--max-new-tokens", type=int, default=16, help="for --query-rows generate")
     sc.add_argument("--frac", type=float, default=0.05, help="default top selection written to the spec")
+    sc.add_argument("--bootstrap", type=int, default=1000,
+                    help="resamples of the samples for the spec's stability section (0: none; docs/stability.md)")
     sc.add_argument("--dtype", default=None)
     sc.add_argument("--device", default=None)
     sc.set_defaults(fn=_score)
@@ -178,6 +184,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_causal_parser(sub)
     add_report_parser(sub)
     add_plot_parser(sub)
+    from core_eval.scoring.compare import add_compare_parser
+
+    add_compare_parser(sub)
     d = sub.add_parser("demo", help="run the end-to-end pipeline on the bundled default")
     d.add_argument("--out", default="core_eval_runs/demo", help="output folder (a rerun reuses finished steps)")
     d.add_argument("--model", default=None, help="checkpoint to study (default: the bundled organism)")

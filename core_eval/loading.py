@@ -192,6 +192,7 @@ def plan(
     means_n: int = 16,
     revision: str | None = None,
     family: Any = None,
+    allow_foreign_spec: bool = False,
 ) -> Plan:
     """Validate the intervention arguments against the checkpoint's config (no weights read).
 
@@ -218,6 +219,7 @@ def plan(
             spec.check_shape(shape)
         except HeadSpecError as e:
             raise LoadError(f"head spec {spec_path or ''} does not fit pretrained={pretrained}: {e}") from None
+        _check_spec_identity(spec, spec_path, pretrained, config, family, allow_foreign_spec)
 
     chosen, selection = resolve_heads(shape, spec=spec, heads=heads, frac=frac, k=k, seed=seed, threshold=threshold)
     variant = _make_variant(ablation, sparse, variant_options)
@@ -242,8 +244,25 @@ def plan(
     if variant.name == "mean" and isinstance(m, (str, Path)) and p.means_record is None:
         from core_eval.means import head_means_metadata
 
-        p.means_record = {**head_means_metadata(m), "path": str(m)}  # a given file: how it was computed
+        p.means_record = {**head_means_metadata(m, shape=shape), "path": str(m)}  # a given file: how it was computed
     return p
+
+
+def _check_spec_identity(spec, spec_path, pretrained, config, family, allow: bool) -> None:
+    """Shape is not identity: refuse a spec recorded for another family / architecture unless allowed."""
+    diffs = spec.identity_mismatch(family=family.name, model_type=getattr(config, "model_type", None),
+                                   architectures=tuple(getattr(config, "architectures", None) or ()))
+    if not diffs:
+        return
+    what = (f"head spec {spec_path or spec.source or '<head spec>'} was recorded for another model than "
+            f"pretrained={pretrained} (same shape, but {'; '.join(diffs)})")
+    if allow:
+        import warnings
+
+        warnings.warn(f"{what}; used anyway (allow_foreign_spec)", stacklevel=3)
+        return
+    raise LoadError(f"{what}. Score this model (core-eval score), or pass allow_foreign_spec=True "
+                    "(lm-eval / VLMEvalKit: allow_foreign_spec=true) if its heads really correspond")
 
 
 def _make_variant(ablation, sparse, options) -> Variant:
@@ -284,6 +303,7 @@ def load(
     attn_implementation: str = "sdpa",
     load_processor: bool = True,
     family: Any = None,
+    allow_foreign_spec: bool = False,
     **from_pretrained_kwargs,
 ) -> Loaded:
     """Load a supported model and processor and apply a head set with a mask variant.
@@ -303,13 +323,16 @@ def load(
             ``means_n`` generated ``means_probes`` samples when missing).
         family: the model family (a ``Family``, a registered name or ``"pkg.module:obj"``);
             default: the registered family of the config's ``model_type``.
+        allow_foreign_spec: use a spec recorded for another family / architecture of the same shape
+            (default: refused, since shape is not identity; with it: a warning).
         dtype, device, revision, attn_implementation, **from_pretrained_kwargs: passed on.
 
     Returns a :class:`Loaded` whose ``summary`` records what was applied.
     """
     p = plan(pretrained, spec=spec, heads=heads, ablation=ablation, sparse=sparse, frac=frac, k=k, seed=seed,
              threshold=threshold, variant_options=variant_options, means=means,
-             means_probes=means_probes, means_n=means_n, revision=revision, family=family)
+             means_probes=means_probes, means_n=means_n, revision=revision, family=family,
+             allow_foreign_spec=allow_foreign_spec)
     model, processor = _from_pretrained(
         pretrained, family=p.family, dtype=dtype, device=device, revision=revision,
         attn_implementation=attn_implementation, load_processor=load_processor or p.needs_means,

@@ -72,16 +72,46 @@ def save_head_means(path: str | os.PathLike, means: torch.Tensor, metadata: dict
     return Path(path)
 
 
-def head_means_metadata(path: str | os.PathLike) -> dict[str, str]:
-    """The string metadata stored with the means (e.g. ``probes``, ``n``, ``probe_hash``)."""
+class HeadMeansError(ValueError):
+    """A head-means file that cannot be used (the message names the file and the fix)."""
+
+
+_FIX = ("pass a file written by core_eval.means.save_head_means, or drop means= to compute them on "
+        "generated probes")
+
+
+def _open_means(path: str | os.PathLike):
+    """``(metadata, shape of head_means)`` from the file header, or :class:`HeadMeansError`."""
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return dict(f.metadata() or {})
-
-
-def load_head_means(path: str | os.PathLike) -> torch.Tensor:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"head-means file {path} does not exist; compute it with core_eval.means.compute_head_means")
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta, keys = dict(f.metadata() or {}), list(f.keys())
+            shape = tuple(f.get_slice("head_means").get_shape()) if "head_means" in keys else None
+    except Exception as e:  # noqa: BLE001  (safetensors raises its own error types for bad files)
+        raise HeadMeansError(f"means={path} is not a safetensors head-means file ({type(e).__name__}: {e}); "
+                             f"{_FIX}") from None
+    if shape is None:
+        raise HeadMeansError(f"means={path} holds no 'head_means' tensor (has: {', '.join(keys) or 'nothing'}); {_FIX}")
+    if len(shape) != 3:
+        raise HeadMeansError(f"means={path}: head_means has shape {shape}, not (layers, heads, head_dim); {_FIX}")
+    return meta, shape
+
+
+def head_means_metadata(path: str | os.PathLike, shape=None) -> dict[str, str]:
+    """The string metadata stored with the means (e.g. ``probes``, ``n``, ``probe_hash``); checks the
+    file is a head-means file, for the model ``shape`` (a ``ModelShape``) when given
+    (:class:`HeadMeansError` naming it otherwise). Reads the header only."""
+    meta, got = _open_means(path)
+    if shape is not None and got != (shape.num_layers, shape.num_heads, shape.head_dim):
+        raise HeadMeansError(f"means={path} has shape {got} but the model needs ({shape.num_layers}, "
+                             f"{shape.num_heads}, {shape.head_dim}) = (layers, heads, head_dim); {_FIX}")
+    return meta
+
+
+def load_head_means(path: str | os.PathLike) -> torch.Tensor:
+    _open_means(path)
     return load_file(str(path))["head_means"]

@@ -20,6 +20,7 @@ CORE_ARGS: dict[str, tuple[type, str]] = {
     "window": (int, "recent window of sparse heads (default 256)"),
     "kv_policy": (str, "query heads -> full KV heads for sparse: any | all"),
     "family": (str, "model family: a registered name or pkg.module:obj (default: by the config's model_type)"),
+    "allow_foreign_spec": (bool, "use a head spec recorded for another family / architecture of the same shape"),
 }
 _VARIANT_OPTIONS = ("sink", "window", "kv_policy")
 
@@ -69,6 +70,7 @@ def make_plan(pretrained, core: dict):
         seed=core.get("seed", 0),
         means=core.get("means"),
         family=core.get("family"),
+        allow_foreign_spec=bool(core.get("allow_foreign_spec", False)),
     )
     if any(r.startswith("processor.") for r in p.family.requires):
         load_family_processor(pretrained, p.family)  # the harness loads its own copy after this

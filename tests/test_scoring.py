@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import scoring_planted as P
-import torch
 import yaml
 
 from core_eval.cli import main as cli_main
@@ -152,7 +152,7 @@ def _cli() -> str:
 
 
 def _batches(partial: Path) -> list[Path]:
-    return sorted(partial.glob("batch_*.pt"))
+    return sorted(partial.glob("batch_*.safetensors"))
 
 
 def test_resume_after_kill(tiny_dir, tmp_path, capsys):
@@ -186,11 +186,11 @@ def test_resume_after_kill(tiny_dir, tmp_path, capsys):
     assert (partial / "meta.json").is_file()
     # every file named like a batch is a whole batch (temp file + rename)
     for f in done:
-        b = torch.load(f, weights_only=False)
-        assert b["ram"].shape == (bs, 3, 4) and len(b["ids"]) == bs
+        b = safetensors.torch.load_file(f)
+        assert b["ram"].shape == (bs, 3, 4) and b["correct"].shape == (bs,)
     # a half-written temp file left by the kill must not be taken for a batch, nor break the rerun
-    nxt = next(b for b in range(n_batches) if not (partial / f"batch_{b:05d}.pt").exists())
-    (partial / f"batch_{nxt:05d}.pt.tmp99999").write_bytes(b"\x80\x02 half-written")
+    nxt = next(b for b in range(n_batches) if not (partial / f"batch_{b:05d}.safetensors").exists())
+    (partial / f".batch_{nxt:05d}.safetensors.abc123.tmp").write_bytes(b"\x80\x02 half-written")
 
     # other settings against the partial folder: a clear error, and the partial run is kept
     rc = cli_main([*args, "--seed", "1"])
@@ -387,24 +387,24 @@ class _Killed(Exception):
 
 
 def test_resume_refuses_changed_probe_file(tiny_dir, tmp_path, monkeypatch):
-    import core_eval.scoring.ram as R
+    import core_eval.scoring.checkpoints as C
     from core_eval.probes import generate, write_jsonl
 
     model = str(tiny_dir("llava"))
     probes = write_jsonl(generate("grid_needle", 6, seed=0, **GRID_KNOBS), tmp_path / "p.jsonl")
     cfg = ScoreConfig(probes=str(probes), n=6, batch_size=2)
     out = tmp_path / "spec.json"
-    save = R._atomic_save
+    save = C.save_batch
 
-    def save_then_die(obj, path):  # a run killed right after its first two batches
-        save(obj, path)
-        if len(list(path.parent.glob("batch_*.pt"))) == 2:
+    def save_then_die(obj, path, key):  # a run killed right after its first two batches
+        save(obj, path, key)
+        if len(list(path.parent.glob("batch_*.safetensors"))) == 2:
             raise _Killed
 
-    monkeypatch.setattr(R, "_atomic_save", save_then_die)
+    monkeypatch.setattr(C, "save_batch", save_then_die)
     with pytest.raises(_Killed):
         score(model, out, cfg, progress=False)
-    monkeypatch.setattr(R, "_atomic_save", save)
+    monkeypatch.setattr(C, "save_batch", save)
     # the user fixes the boxes: whole images now
     rows = [json.loads(line) for line in probes.read_text().splitlines()]
     probes.write_text("".join(json.dumps({**r, "boxes": []}) + "\n" for r in rows))

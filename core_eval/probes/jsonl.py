@@ -110,6 +110,7 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict, bbox_format:
             continue
         try:
             with Image.open(fp) as im:
+                im.load()  # decode now: a truncated file is this row's error, not a traceback later
                 sizes.append(im.size)
         except Exception as e:  # noqa: BLE001  (PIL raises several types)
             errs.append(f"image file unreadable: {p!r} ({type(e).__name__}: {e})")
@@ -157,7 +158,7 @@ def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
     src = Path(path)
     root = Path(image_root) if image_root is not None else src.parent
     try:
-        text = src.read_text(encoding="utf-8")
+        text = src.read_text(encoding="utf-8-sig")  # a UTF-8 BOM is accepted, as by the spec reader
     except OSError as e:
         raise ProbeDataError(f"{src}: cannot read ({e})") from e
     samples, errors, seen = [], [], {}

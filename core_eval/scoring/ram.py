@@ -1,18 +1,21 @@
 """The RAM scoring loop: probes -> per-sample masses -> a ``core-head-spec/v1`` file.
 
-Long work is resumable: every finished batch is written to ``<out>.partial/batch_NNNNN.pt``
-(temp file + rename), so a killed run loses at most one batch; a rerun with the same settings
-continues where it stopped, and the final spec is written atomically before the partial folder is
-removed. Under ``accelerate launch`` batches are shared round-robin between processes; the main
-process assembles the spec once all are done.
+Long work is resumable: every finished batch is written to
+``<out>.partial/batch_NNNNN.safetensors`` (temp file + rename; :mod:`core_eval.scoring.checkpoints`),
+so a killed run loses at most one batch; a rerun with the same settings and the same weights
+continues where it stopped (the partial folder is validated before the model loads), and the final
+spec is written atomically before the files of the partial folder are removed. Under ``accelerate
+launch`` batches are shared round-robin between processes; the main process assembles the spec
+once all are done. The spec carries a bootstrap of the ranking (``stability``,
+:mod:`core_eval.scoring.stability`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import warnings
+import dataclasses
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Sequence
@@ -20,7 +23,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from core_eval._io import atomic_path, atomic_write
+from core_eval.scoring import checkpoints as ckpt
 from core_eval.scoring.capture import RamCapture
 
 QUERY_ROWS = ("answer", "last", "generate")
@@ -39,6 +42,7 @@ class ScoreConfig:
     only_correct: bool = False
     max_new_tokens: int = 16
     frac: float = 0.05
+    bootstrap: int = 1000  # resamples for the spec's stability section (0: none)
 
     def __post_init__(self):
         if self.query_rows not in QUERY_ROWS:
@@ -47,16 +51,19 @@ class ScoreConfig:
             raise ValueError("n and batch_size must be >= 1")
         if not 0 < self.frac <= 1:
             raise ValueError(f"frac={self.frac} must be in (0, 1]")
+        if self.bootstrap < 0:
+            raise ValueError(f"bootstrap={self.bootstrap} must be >= 0 (0: no stability section)")
 
-    def key(self, model_id: str, probe_hash: str, dtype: str | None) -> str:
+    def key(self, model_id: str, probe_hash: str, dtype: str | None, weights: dict | None = None) -> str:
         """Hash of everything that determines per-batch results (for safe resume): the settings,
-        the model, the exact probe contents and the dtype."""
+        the model and its weights (:func:`~core_eval.scoring.checkpoints.weights_fingerprint`), the
+        exact probe contents and the dtype."""
         d = asdict(self)
-        d.pop("frac")
-        d.pop("only_correct")  # filtering happens at assembly
+        for assembly_only in ("frac", "only_correct", "bootstrap"):  # applied when the spec is built
+            d.pop(assembly_only)
         if self.query_rows != "generate":
             d.pop("max_new_tokens")
-        blob = json.dumps([model_id, probe_hash, str(dtype), d], sort_keys=True)
+        blob = json.dumps([model_id, probe_hash, str(dtype), d, weights], sort_keys=True)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
@@ -134,25 +141,14 @@ def _eos_ids(model) -> torch.Tensor:
 # ---------------------------------------------------------------------------- the loop
 
 
-def _atomic_save(obj, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
-
-
-def check_resume(work_dir: Path, key: str) -> None:
-    """Refuse to mix a partial run made with other settings (cheap; called before loading)."""
-    meta_path = work_dir / "meta.json"
-    if meta_path.exists():
-        old = json.loads(meta_path.read_text())
-        if old.get("key") != key:
-            raise ValueError(
-                f"{work_dir} holds a partial run with different settings, model, probes or dtype "
-                f"({old.get('config')}); delete it or score with the same settings to resume"
-            )
+def batch_ranges(n: int, batch_size: int) -> list[list[int]]:
+    """Sample indices of each batch."""
+    return [list(range(i, min(i + batch_size, n))) for i in range(0, n, batch_size)]
 
 
 def run_scoring(model, processor, samples: Sequence, cfg: ScoreConfig, *, work_dir: Path, key: str,
-                model_id: str = "", progress: bool = True) -> dict[str, np.ndarray] | None:
+                model_id: str = "", weights: dict | None = None, progress: bool = True
+                ) -> dict[str, np.ndarray] | None:
     """Score every sample, resuming from ``work_dir`` (whose batches must carry ``key``). Returns
     stacked per-sample arrays on the main process (``None`` on the others)."""
     from accelerate import PartialState
@@ -162,36 +158,36 @@ def run_scoring(model, processor, samples: Sequence, cfg: ScoreConfig, *, work_d
 
     # like Accelerator(): ACCELERATE_USE_CPU=true makes a multi-process launch use gloo on CPU
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU"))
+    batches = batch_ranges(len(samples), cfg.batch_size)
+    batch_ids = [[samples[i].id for i in b] for b in batches]
+    done = set(ckpt.check_partial(work_dir, key, weights, batch_ids))
     work_dir.mkdir(parents=True, exist_ok=True)
-    meta_path = work_dir / "meta.json"
-    check_resume(work_dir, key)
-    if not meta_path.exists() and state.is_main_process:
-        atomic_write(meta_path, json.dumps({"key": key, "config": asdict(cfg), "model": model_id}, default=str))
+    if not (work_dir / ckpt.META).exists() and state.is_main_process:
+        ckpt.write_meta(work_dir, key, asdict(cfg), model_id, weights)
     state.wait_for_everyone()
-    batches = [list(range(i, min(i + cfg.batch_size, len(samples)))) for i in range(0, len(samples), cfg.batch_size)]
     mine = [b for b in range(len(batches)) if b % state.num_processes == state.process_index]
-    todo = [b for b in mine if not (work_dir / f"batch_{b:05d}.pt").exists()]
+    todo = [b for b in mine if b not in done]
     bar = tqdm(total=len(mine), initial=len(mine) - len(todo), desc="RAM scoring", unit="batch",
                disable=not progress or not state.is_main_process)
     with RamCapture(model) as capture:
         for b in todo:
             out = score_batch(model, processor, [samples[i] for i in batches[b]], cfg, capture)
-            _atomic_save(out, work_dir / f"batch_{b:05d}.pt")
+            ckpt.save_batch(out, ckpt.batch_path(work_dir, b), key)
             bar.update(1)
     bar.close()
     state.wait_for_everyone()
     if not state.is_main_process:
         return None
-    parts = [torch.load(work_dir / f"batch_{b:05d}.pt", weights_only=False) for b in range(len(batches))]
-    return {
-        "ram": torch.cat([p["ram"] for p in parts]).numpy(),
-        "visual_mass": torch.cat([p["visual_mass"] for p in parts]).numpy(),
-        "region_frac": torch.cat([p["region_frac"] for p in parts]).numpy(),
-        "n_region": torch.cat([p["n_region"] for p in parts]).numpy(),
-        "correct": torch.cat([p["correct"] for p in parts]).numpy().astype(bool),
-        "rows": torch.cat([p["rows"] for p in parts]).numpy(),
-        "ids": [i for p in parts for i in p["ids"]],
-    }
+    return ckpt.load_batches(work_dir, key, batch_ids)
+
+
+def used_samples(per_sample: dict[str, np.ndarray], only_correct: bool) -> np.ndarray:
+    """Boolean ``(N,)``: samples whose region maps to at least one visual token and that have query
+    rows (and, with ``only_correct``, that the unmodified model answers correctly)."""
+    use = (per_sample["n_region"] > 0) & (per_sample["rows"] > 0)
+    if only_correct:
+        use &= per_sample["correct"]
+    return use
 
 
 def aggregate(per_sample: dict[str, np.ndarray], only_correct: bool) -> tuple[dict[str, np.ndarray], dict]:
@@ -200,10 +196,8 @@ def aggregate(per_sample: dict[str, np.ndarray], only_correct: bool) -> tuple[di
     A sample is used when its region maps to at least one visual token and it has query rows
     (and, with ``only_correct``, the unmodified model answers it correctly).
     """
-    use = (per_sample["n_region"] > 0) & (per_sample["rows"] > 0)
+    use = used_samples(per_sample, only_correct)
     dropped_region = int((per_sample["n_region"] == 0).sum())
-    if only_correct:
-        use &= per_sample["correct"]
     n = int(use.sum())
     if n == 0:
         raise ValueError(
@@ -236,6 +230,7 @@ def score_to_spec(pretrained: str, model, cfg: ScoreConfig, per_sample: dict, pr
     scores, record = aggregate(per_sample, cfg.only_correct)
     ad = adapter_for(model)
     model_info = {"name": str(pretrained), "architecture": type(model).__name__,
+                  "model_type": getattr(model.config, "model_type", None),
                   "revision": getattr(model.config, "_commit_hash", None)}
     scorer = {"name": "ram-v1", "probes": cfg.probes, "probe_hash": probe_hash, "knobs": cfg.knobs,
               "seed": cfg.seed, "query_rows": cfg.query_rows, "dtype": dtype, "batch_size": cfg.batch_size,
@@ -243,7 +238,20 @@ def score_to_spec(pretrained: str, model, cfg: ScoreConfig, per_sample: dict, pr
               "core_eval_version": __version__, **record}
     if task is not None:
         scorer["probe_task"] = {"name": task.name, "family": task.family, "eval_seed": task.eval_seed}
-    return spec_from_scores(scores, model_info, scorer, rule="top", frac=cfg.frac, shape=ad.shape)
+    spec = spec_from_scores(scores, model_info, scorer, rule="top", frac=cfg.frac, shape=ad.shape)
+    if cfg.bootstrap:
+        spec = dataclasses.replace(spec, stability=_stability(per_sample, cfg, len(spec.heads)))
+    return spec
+
+
+def _stability(per_sample: dict, cfg: ScoreConfig, k: int) -> dict:
+    """The bootstrap of the top-``k`` ranking by RAM (ties by lift) over the used samples."""
+    from core_eval.scoring.stability import bootstrap_stability
+
+    use = used_samples(per_sample, cfg.only_correct)
+    ram = per_sample["ram"][use]
+    lift = ram / per_sample["region_frac"][use][:, None, None]
+    return bootstrap_stability(ram, lift, k, n_boot=cfg.bootstrap, seed=cfg.seed, frac=cfg.frac)
 
 
 def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None, dtype=None, device=None,
@@ -257,6 +265,7 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     from core_eval.probes.tasks import resolve_probes
 
     out = Path(out)
+    work = ckpt.check_outputs(out)  # --out a directory, <out>.partial a file: before any work
     source, knobs, task = resolve_probes(cfg.probes, cfg.knobs)  # a task name -> its family
     cfg = replace(cfg, knobs=knobs)  # a task name's YAML knobs, recorded in the spec
     if task is not None and task.source is None and cfg.seed == task.eval_seed:
@@ -267,16 +276,17 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
         samples = samples[: cfg.n]
     probe_hash = probe_set_hash(samples)
     model_id = str(Path(pretrained).resolve()) if Path(pretrained).exists() else str(pretrained)
-    key = cfg.key(model_id, probe_hash, dtype)
-    work = out.with_name(out.name + ".partial")
-    check_resume(work, key)  # before the (long) model load
+    weights = ckpt.weights_fingerprint(pretrained)
+    key = cfg.key(model_id, probe_hash, dtype, weights)
+    # the partial folder, every finished batch included, is checked before the (long) model load
+    ckpt.check_partial(work, key, weights, [[samples[i].id for i in b] for b in batch_ranges(len(samples), cfg.batch_size)])
     loaded = load(pretrained, heads="none", dtype=dtype, device=device, family=family)
     per_sample = run_scoring(loaded.model, loaded.processor, samples, cfg, work_dir=work, key=key,
-                             model_id=model_id, progress=progress)
+                             model_id=model_id, weights=weights, progress=progress)
     if per_sample is None:
         return None
     spec = score_to_spec(pretrained, loaded.model, cfg, per_sample, probe_hash,
                          str(loaded.model.dtype).replace("torch.", ""), task)
     spec.write(out)
-    shutil.rmtree(work, ignore_errors=True)
+    ckpt.remove_partial(work)  # only the files it wrote
     return spec

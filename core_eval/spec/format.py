@@ -12,6 +12,7 @@ File layout (JSON object, DESIGN §5)::
                     "heads": [[layer, head], ...],                   # authoritative
                     "by_layer": {"layer_0": [heads], ...}},          # readable view, written for you
       "kv_policy": "any",                                            # any | all | mean
+      "stability": {...},                                            # optional: bootstrap of the ranking
       "extra": {}                                                    # optional, free-form
     }
 
@@ -22,13 +23,16 @@ Rules the validator enforces (pure file checks, no model needed):
   ``num_heads % num_kv_heads == 0``. Other model keys (``revision``, ``architecture``, ``path``...)
   are free.
 - ``scores``: every array dense ``[num_layers][num_heads]``, finite numbers. Any names are allowed
-  (``ram``, ``lift``, ``visual_mass``, ``std``, ``n``, causal effects, ...).
+  (``ram``, ``lift``, ``visual_mass``, ``std``, ``n``, causal effects, ...); the RAM-v1 names have
+  their ranges checked (:data:`SCORE_RANGES`: masses in [0, 1], ``lift`` / ``std`` / ``n`` >= 0).
 - ``selection``: ``rule`` is one of :data:`~core_eval.spec.selection.RULES` or ``manual`` (a
   hand-made list). For every rule except ``manual`` the ``heads`` list must equal the rule
   re-applied to ``scores[score]`` (all rules are deterministic; seeded rules use a
   version-independent hash), so a hand-edited list cannot masquerade as ``top``. ``by_layer``
   must agree with ``heads`` when present.
-- Unknown top-level or selection keys are errors (custom data goes under ``extra``).
+- ``stability`` (optional; files without it stay valid): how stable the ranking is under a
+  bootstrap over the scored samples (:data:`STABILITY_KEYS`, docs/stability.md).
+- Unknown top-level, selection or stability keys are errors (custom data goes under ``extra``).
 """
 
 from __future__ import annotations
@@ -62,11 +66,31 @@ if TYPE_CHECKING:
 
 SCHEMA = "core-head-spec/v1"
 SPEC_RULES = RULES + ("manual",)
-_TOP_KEYS = ("schema", "model", "scorer", "scores", "selection", "kv_policy", "extra")
+_TOP_KEYS = ("schema", "model", "scorer", "scores", "selection", "kv_policy", "stability", "extra")
 _REQUIRED_TOP = ("schema", "model", "scorer", "scores", "selection", "kv_policy")
 _SELECTION_KEYS = ("rule", "frac", "k", "seed", "threshold", "score", "tiebreak", "heads", "by_layer")
 _SHAPE_KEYS = ("num_layers", "num_heads", "num_kv_heads", "head_dim")
 _AUTO = "auto"
+SCORE_RANGES = {"ram": (0.0, 1.0), "visual_mass": (0.0, 1.0), "lift": (0.0, None), "std": (0.0, None),
+                "n": (0.0, None)}
+"""Allowed ``[low, high]`` of the RAM-v1 score arrays (``None``: unbounded); other names are free."""
+_RANGE_TOL = 1e-3  # float32 sums of probabilities may exceed 1 by rounding
+STABILITY_ARRAYS = {"in_top_k": "fraction of bootstrap resamples in which the head is in the top-k set",
+                    "rank_median": "median rank over the resamples (1 = highest score)",
+                    "rank_lo": "lower end of the rank interval (percentile (1 - ci) / 2)",
+                    "rank_hi": "upper end of the rank interval (percentile (1 + ci) / 2)",
+                    "score_lo": "lower end of the score's percentile interval",
+                    "score_hi": "upper end of the score's percentile interval"}
+STABILITY_KEYS = {"method": "how the resamples were drawn (\"bootstrap over samples\")",
+                  "score": "the score array that was ranked", "tiebreak": "its tie-break array, or null",
+                  "n_boot": "number of resamples", "seed": "seed of the resampling", "ci": "interval coverage",
+                  "n_samples": "samples resampled (the spec's used samples)",
+                  "k": "size of the top-k set", "frac": "the fraction k came from, or null",
+                  "set_exact": "fraction of resamples whose top-k set equals the full-sample top-k set",
+                  "set_jaccard_mean": "mean Jaccard overlap of a resample's top-k set with the full-sample set",
+                  "top_sets": "most frequent top-k sets: [{\"heads\": [[layer, head], ...], \"freq\": f}, ...]",
+                  **STABILITY_ARRAYS}
+"""The fields of the optional ``stability`` section (name -> meaning); arrays are ``[L][H]``."""
 
 
 def _model_shape_cls():
@@ -98,8 +122,8 @@ def _to_array(value) -> Any:
     return value
 
 
-def _check_score_array(name: str, value, L: int, H: int) -> np.ndarray:
-    where = f"scores.{name}"
+def _check_score_array(name: str, value, L: int, H: int, where: str | None = None) -> np.ndarray:
+    where = where or f"scores.{name}"
     fix_shape = f"write one row per layer ({L}) with one value per query head ({H})"
     value = _to_array(value)
     if isinstance(value, np.ndarray):
@@ -130,8 +154,63 @@ def _check_score_array(name: str, value, L: int, H: int) -> np.ndarray:
         i, j = (int(x) for x in bad[0])
         raise HeadSpecError(f"{where}[{i}][{j}] is {arr[i, j]} ({len(bad)} non-finite value(s) in {where})",
                             "scores must be finite numbers; a head without samples gets score 0 and n=0")
+    if where.startswith("scores.") and name in SCORE_RANGES:
+        lo, hi = SCORE_RANGES[name]
+        out = np.argwhere((arr < lo - _RANGE_TOL) | (arr > (np.inf if hi is None else hi + _RANGE_TOL)))
+        if len(out):
+            i, j = (int(x) for x in out[0])
+            span = f"[{lo}, {hi}]" if hi is not None else f">= {lo}"
+            raise HeadSpecError(f"{where}[{i}][{j}] is {arr[i, j]}, outside the range of {name} ({span}; "
+                                f"{len(out)} value(s) outside)",
+                                f"{name} is a ram-v1 score; re-score the model, or store other numbers under "
+                                "another score name")
     arr.setflags(write=False)
     return arr
+
+
+def _check_stability(st, scores: dict, L: int, H: int) -> dict:
+    """Validate the optional ``stability`` section; returns it with arrays as nested float lists."""
+    if not isinstance(st, dict):
+        raise HeadSpecError(f"'stability' is {type(st).__name__}, not an object", "drop it, or re-score the model")
+    unknown = [k for k in st if k not in STABILITY_KEYS]
+    if unknown:
+        raise HeadSpecError(f"unknown stability key(s) {', '.join(repr(u) for u in unknown)}",
+                            f"allowed keys are {', '.join(STABILITY_KEYS)} (docs/stability.md)")
+    need = ("method", "score", "n_boot", "n_samples", "k", "in_top_k")
+    missing = [k for k in need if k not in st]
+    if missing:
+        raise HeadSpecError(f"'stability' is missing {', '.join(repr(m) for m in missing)}",
+                            "re-score the model (core-eval score writes a complete section), or drop it")
+    if st["score"] not in scores:
+        raise HeadSpecError(f"stability.score names {st['score']!r}, which is not in 'scores'",
+                            "name one of the score arrays")
+    for key in ("n_boot", "n_samples"):
+        if not _is_int(st[key]) or st[key] < 1:
+            raise HeadSpecError(f"stability.{key} is {st[key]!r}, not a positive integer", "re-score the model")
+    if not _is_int(st["k"]) or not 0 <= st["k"] <= L * H:
+        raise HeadSpecError(f"stability.k is {st['k']!r}, not a head count in 0..{L * H}", "re-score the model")
+    for key in ("ci", "set_exact", "set_jaccard_mean", "frac"):
+        v = st.get(key)
+        if v is not None and (not _is_real(v) or not 0 <= v <= 1):
+            raise HeadSpecError(f"stability.{key} is {v!r}, not a number in [0, 1]", "re-score the model")
+    out = dict(st)
+    bounds = {"in_top_k": (0, 1), "rank_median": (1, L * H), "rank_lo": (1, L * H), "rank_hi": (1, L * H)}
+    for key in STABILITY_ARRAYS:
+        if key not in st:
+            continue
+        arr = _check_score_array(key, st[key], L, H, where=f"stability.{key}")
+        lo, hi = bounds.get(key, (-np.inf, np.inf))
+        if ((arr < lo) | (arr > hi)).any():
+            raise HeadSpecError(f"stability.{key} has values outside [{lo}, {hi}]", "re-score the model")
+        out[key] = arr.tolist()
+    sets = st.get("top_sets", [])
+    if not isinstance(sets, list) or not all(isinstance(x, dict) and set(x) == {"heads", "freq"} for x in sets):
+        raise HeadSpecError("stability.top_sets is not a list of {\"heads\": [...], \"freq\": f} objects",
+                            "re-score the model")
+    for i, x in enumerate(sets):
+        check_heads(x["heads"], L, H, what=f"stability.top_sets[{i}].heads")
+    _jsonable(out, "'stability'")
+    return out
 
 
 def _check_model(model) -> dict:
@@ -277,11 +356,12 @@ class HeadSpec:
     kv_policy: str = "any"
     extra: dict = field(default_factory=dict)
     source: str | None = field(default=None, compare=False, repr=False)
+    stability: dict | None = None
 
     def __post_init__(self):
         try:
             clean = self._checked(self.schema, self.model, self.scorer, self.scores, self.selection,
-                                  self.kv_policy, self.extra)
+                                  self.kv_policy, self.extra, self.stability)
         except HeadSpecError as e:
             raise e.with_source(self.source or "<head spec>") from None
         for key, value in clean.items():
@@ -290,7 +370,7 @@ class HeadSpec:
     # ----------------------------------------------------------------- validation
 
     @staticmethod
-    def _checked(schema, model, scorer, scores, selection, kv_policy, extra) -> dict:
+    def _checked(schema, model, scorer, scores, selection, kv_policy, extra, stability=None) -> dict:
         if schema != SCHEMA:
             raise HeadSpecError(f"unknown schema {schema!r} (this reader understands {SCHEMA!r})",
                                 "write the file with this version of core_eval, or upgrade core_eval; "
@@ -320,14 +400,16 @@ class HeadSpec:
         if not isinstance(extra, dict):
             raise HeadSpecError(f"'extra' is {type(extra).__name__}, not an object", "write an object, or drop it")
         _jsonable(extra, "'extra'")
+        if stability is not None:
+            stability = _check_stability(stability, clean_scores, L, H)
         return dict(schema=schema, model=model, scorer=dict(scorer), scores=clean_scores, selection=selection,
-                    kv_policy=kv_policy, extra=dict(extra))
+                    kv_policy=kv_policy, extra=dict(extra), stability=stability)
 
     def validate(self) -> "HeadSpec":
         """Re-run every file check (e.g. after mutating a dict field in place). Returns ``self``."""
         try:
             self._checked(self.schema, self.model, self.scorer, dict(self.scores), self._selection_dict(),
-                          self.kv_policy, self.extra)
+                          self.kv_policy, self.extra, self.stability)
         except HeadSpecError as e:
             raise e.with_source(self.source or "<head spec>") from None
         return self
@@ -341,16 +423,20 @@ class HeadSpec:
         return sel
 
     def to_dict(self) -> dict:
-        """Plain JSON-ready dict (score arrays as nested lists, ``selection.by_layer`` filled in)."""
-        return {
+        """Plain JSON-ready dict (score arrays as nested lists, ``selection.by_layer`` filled in;
+        ``stability`` only when present)."""
+        d = {
             "schema": self.schema,
             "model": dict(self.model),
             "scorer": dict(self.scorer),
             "scores": {name: arr.tolist() for name, arr in self.scores.items()},
             "selection": self._selection_dict(),
             "kv_policy": self.kv_policy,
-            "extra": dict(self.extra),
         }
+        if self.stability is not None:
+            d["stability"] = dict(self.stability)
+        d["extra"] = dict(self.extra)
+        return d
 
     def to_json(self) -> str:
         """The file text: indented JSON, one score row per line, trailing newline."""
@@ -385,7 +471,7 @@ class HeadSpec:
             raise HeadSpecError(f"unknown field(s) {', '.join(repr(u) for u in unknown)}",
                                 "put custom data under 'extra'", src)
         return cls(d["schema"], d["model"], d["scorer"], d["scores"], d["selection"], d["kv_policy"],
-                   d.get("extra", {}), source=src)
+                   d.get("extra", {}), source=src, stability=d.get("stability"))
 
     @classmethod
     def from_json(cls, text: str, *, source: str | os.PathLike | None = None) -> "HeadSpec":
@@ -455,6 +541,26 @@ class HeadSpec:
             raise HeadSpecError(
                 f"head spec shape {_shape_str(mine)} (model {self.model.get('name')!r}) does not match the model's "
                 f"shape {_shape_str(theirs)}; differs in {', '.join(diff)}", fix, self.source or "<head spec>")
+
+    def identity_mismatch(self, *, family: str | None = None, model_type: str | None = None,
+                          architectures=()) -> list[str]:
+        """How the model this spec was recorded for differs from the given one (shape is not identity).
+
+        Compares what both sides know: the core_eval family (``scorer.family``) and ``model.model_type``
+        when the spec records them, else ``model.architecture`` against the config's ``architectures``.
+        Returns readable differences (empty: nothing known differs).
+        """
+        diffs = []
+        fam = self.scorer.get("family")
+        mt = self.model.get("model_type")
+        if fam and family and fam != family:
+            diffs.append(f"family {fam!r} (spec) vs {family!r} (model)")
+        if mt and model_type and mt != model_type:
+            diffs.append(f"model_type {mt!r} (spec) vs {model_type!r} (model)")
+        arch = self.model.get("architecture")
+        if not fam and not mt and arch and architectures and arch not in architectures:
+            diffs.append(f"architecture {arch!r} (spec) vs {'/'.join(architectures)!r} (model)")
+        return diffs
 
     def kv_heads(self, shape: "ModelShape | None" = None) -> list[Head]:
         """Selected KV heads ``[(layer, kv_head), ...]`` under :attr:`kv_policy` (shape defaults to the spec's)."""

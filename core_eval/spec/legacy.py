@@ -4,7 +4,9 @@ Formats:
 
 - **Retrieval Head** (arXiv 2404.15574) JSON: ``{"L-H": [score, score, ...], ...}``, one key per
   *query* head, values the per-sample retrieval scores. Head score = mean, with ``std`` (ddof=0)
-  and ``n``. A bare number is read as one sample. Heads absent from the file get score 0, n=0.
+  and ``n``. A bare number is read as one sample. Retrieval Head writes every head with its
+  scores, so a head that is absent or has an empty list is an error (a score of 0 would rank it
+  as if measured).
   Without a ``shape`` the file's largest indices give ``num_layers = max layer + 1`` and
   ``num_heads = max head + 1`` (``num_kv_heads``/``head_dim`` stay unknown); Retrieval Head writes
   every head, so this is exact for its files, and ``check_shape`` catches a truncated one. With a
@@ -83,6 +85,12 @@ def from_retrieval_head(obj: dict, *, source: str = "<retrieval head json>", sha
         if head in per_head:
             raise HeadSpecError(f"head {head[0]}-{head[1]} appears twice (as {key!r})", "list each head once", source)
         per_head[head] = [float(v) for v in vals]
+    empty = sorted(h for h, vals in per_head.items() if not vals)
+    if empty:
+        shown = ", ".join(f"'{a}-{b}'" for a, b in empty[:5]) + (" ..." if len(empty) > 5 else "")
+        raise HeadSpecError(f"{len(empty)} of {len(per_head)} heads have an empty score list ({shown}): they were "
+                            "never measured", "pass the Retrieval Head file of a finished run (every head with "
+                            "its per-sample scores)", source)
     max_l = max(layer for layer, _ in per_head)
     max_h = max(head for _, head in per_head)
     if shape is not None:
@@ -97,18 +105,23 @@ def from_retrieval_head(obj: dict, *, source: str = "<retrieval head json>", sha
         L, H, KV, D = max_l + 1, max_h + 1, None, None
         shape_source = ("inferred from the largest layer/head index in the file "
                         "(num_kv_heads and head_dim unknown)")
+    absent = [(a, b) for a in range(L) for b in range(H) if (a, b) not in per_head]
+    if absent:
+        shown = ", ".join(f"'{a}-{b}'" for a, b in absent[:5]) + (" ..." if len(absent) > 5 else "")
+        raise HeadSpecError(f"{len(absent)} of the {L * H} heads of shape [{L}][{H}] are missing ({shown}); "
+                            "a missing head has no score", "pass the complete Retrieval Head file (it lists every "
+                            "head), or the shape of the model it was made for", source)
     mean = np.zeros((L, H))
     std = np.zeros((L, H))
     n = np.zeros((L, H))
     for (layer, head), vals in per_head.items():
-        if vals:
-            a = np.asarray(vals, dtype=np.float64)
-            mean[layer, head], std[layer, head], n[layer, head] = a.mean(), a.std(), len(a)
+        a = np.asarray(vals, dtype=np.float64)
+        mean[layer, head], std[layer, head], n[layer, head] = a.mean(), a.std(), len(a)
     scores = {"retrieval_score": mean, "std": std, "n": n}
     scorer = {
         "name": "retrieval-head", "legacy_format": "retrieval_head_json", "source_file": source,
-        "source_sha256": sha256, "aggregation": "mean of per-sample scores; std ddof=0; absent heads: 0 with n=0",
-        "n_heads_in_file": len(per_head), "n_missing_heads": L * H - len(per_head), "shape_source": shape_source,
+        "source_sha256": sha256, "aggregation": "mean of per-sample scores; std ddof=0",
+        "n_heads_in_file": len(per_head), "shape_source": shape_source,
     }
     sel = _make_selection(scores, "top", frac=0.05, k=None, seed=0, threshold=None, score="retrieval_score",
                           tiebreak=None, heads=None)
