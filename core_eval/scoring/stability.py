@@ -2,7 +2,10 @@
 
 Each resample draws ``n`` of the ``n`` used samples with replacement, re-computes every head's
 mean score (and tie-break) and ranks the heads with the selection's own rule (score descending,
-tie-break descending, then index: :func:`~core_eval.spec.selection.select_heads` ``top``). The
+tie-break descending, then index: :func:`~core_eval.spec.selection.select_heads` ``top``).
+Resample means are rounded to :data:`DECIMALS` decimals before ranking, so that heads tied in the
+data stay tied (a different summation order would otherwise break the tie by rounding noise) and
+the index rule decides, as it does for the spec's own selection. The
 result is the head spec's optional ``stability`` section (fields:
 :data:`~core_eval.spec.format.STABILITY_KEYS`, docs/stability.md).
 """
@@ -14,6 +17,7 @@ from collections import Counter
 import numpy as np
 
 METHOD = "bootstrap over samples"
+DECIMALS = 12
 
 
 def _ranks(score: np.ndarray, tiebreak: np.ndarray) -> np.ndarray:
@@ -52,7 +56,8 @@ def bootstrap_stability(score: np.ndarray, tiebreak: np.ndarray | None, k: int, 
     weights = rng.multinomial(n, np.full(n, 1.0 / n), size=n_boot) / n  # (B, n): resample = weighted mean
     means = weights @ score.reshape(n, L * H)
     tb_means = weights @ tb.reshape(n, L * H)
-    ranks = _ranks(means, tb_means)  # (B, L*H)
+    ranks = _ranks(np.round(means, DECIMALS), np.round(tb_means, DECIMALS))  # (B, L*H)
+    # the full-sample set exactly as the spec selects it (mean over samples, as aggregate() does)
     full = _ranks(score.mean(0).reshape(1, -1), tb.mean(0).reshape(1, -1))[0]
     in_top = ranks <= k
     point = set(np.flatnonzero(full <= k).tolist())
