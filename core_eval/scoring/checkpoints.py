@@ -35,6 +35,7 @@ _OURS = re.compile(r"^(meta\.json|batch_\d{5}\.safetensors)$|^\.(meta\.json|batc
 _PER_HEAD = ("ram", "visual_mass")  # (B, L, H)
 _PER_SAMPLE = ("region_frac", "correct", "n_region", "rows")  # (B,)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".gguf", ".msgpack", ".h5")
+_CONFIG_SUFFIXES = (".json", ".jinja", ".model", ".txt")  # configs, processor, tokenizer, chat template
 _SAMPLES, _CHUNK = 8, 4096
 
 
@@ -81,15 +82,15 @@ def _checkpoint_dir(pretrained: str) -> Path | None:
 
 
 def weights_fingerprint(pretrained: str) -> dict:
-    """What identifies the weights of ``pretrained``: per weight file (and ``config.json``) its
-    size, modification time and a content digest. ``{"unresolved": id}`` when no local files are found."""
+    """What identifies the checkpoint ``pretrained``: per weight, config, processor and tokenizer
+    file its size, modification time and a content digest. ``{"unresolved": id}`` when no local
+    files are found."""
     root = _checkpoint_dir(pretrained)
     if root is None:
         return {"unresolved": str(pretrained)}
     files = {}
     for f in sorted(root.iterdir()):
-        if not f.is_file() or not (f.suffix in _WEIGHT_SUFFIXES or f.name.endswith(".index.json")
-                                   or f.name == "config.json"):
+        if not f.is_file() or f.suffix not in _WEIGHT_SUFFIXES + _CONFIG_SUFFIXES:
             continue
         st = f.stat()
         files[f.name] = {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "digest": _file_digest(f, st.st_size)}
@@ -155,8 +156,9 @@ def check_partial(work_dir: Path, key: str, weights: dict, batch_ids: Sequence[S
         old_w = meta.get("weights")
         if old_w is not None and old_w != weights:
             raise PartialRunError(
-                f"{work_dir} holds a partial run of other weights ({_weights_diff(old_w, weights)} changed since it "
-                f"began): resuming would mix two checkpoints in one spec. Restore the weights, or {_restart(work_dir)}")
+                f"{work_dir} holds a partial run begun on other weights or checkpoint files "
+                f"({_weights_diff(old_w, weights)} changed since): resuming would mix two checkpoints in one spec. "
+                f"Restore the checkpoint, or {_restart(work_dir)}")
         raise PartialRunError(
             f"{work_dir} holds a partial run with different settings, model, probes or dtype "
             f"({meta.get('config')}); score with the same settings to resume, or {_restart(work_dir)}")
