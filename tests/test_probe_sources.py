@@ -49,32 +49,32 @@ class _Killed(Exception):
 
 
 def test_score_hf_source_resumes_and_refuses_changed_data(tiny_dir, tmp_path, monkeypatch):
-    import core_eval.scoring.ram as R
+    import core_eval.scoring.checkpoints as C
 
     model = str(tiny_dir("llava"))
     root = F.write_lmms_lab(tmp_path / "d", rows=_rows(6))
     cfg = ScoreConfig(probes=f"hf:{root}:val", n=6, batch_size=2)
-    save = R._atomic_save
+    save = C.save_batch
 
-    def save_then_die(obj, path):
-        save(obj, path)
-        if len(list(path.parent.glob("batch_*.pt"))) == 1:
+    def save_then_die(obj, path, key):
+        save(obj, path, key)
+        if len(list(path.parent.glob("batch_*.safetensors"))) == 1:
             raise _Killed
 
-    monkeypatch.setattr(R, "_atomic_save", save_then_die)
+    monkeypatch.setattr(C, "save_batch", save_then_die)
     with pytest.raises(_Killed):
         score(model, tmp_path / "spec.json", cfg, progress=False)
-    monkeypatch.setattr(R, "_atomic_save", save)
+    monkeypatch.setattr(C, "save_batch", save)
     resumed = score(model, tmp_path / "spec.json", cfg, progress=False)
     fresh = score(model, tmp_path / "fresh.json", cfg, progress=False)
     np.testing.assert_allclose(np.asarray(resumed.scores["ram"]), np.asarray(fresh.scores["ram"]), atol=1e-6)
     assert resumed.scorer["probe_hash"] == fresh.scorer["probe_hash"]
 
     # a partial run, then the dataset changes (one box): the partial run is refused, not mixed in
-    monkeypatch.setattr(R, "_atomic_save", save_then_die)
+    monkeypatch.setattr(C, "save_batch", save_then_die)
     with pytest.raises(_Killed):
         score(model, tmp_path / "spec2.json", cfg, progress=False)
-    monkeypatch.setattr(R, "_atomic_save", save)
+    monkeypatch.setattr(C, "save_batch", save)
     rows = _rows(6)
     rows[5] = (rows[5][0], rows[5][1], [0.0, 0.0, 10.0, 10.0], rows[5][3])
     F.write_lmms_lab(root, rows=rows)
