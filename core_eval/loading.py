@@ -232,7 +232,7 @@ def plan(
         cached = None if spec_path is None else means_path_for(spec_path)
         if means is None and cached is not None and cached.is_file():
             # reuse only means computed for this checkpoint on the same probes (else recompute)
-            meta = head_means_metadata(cached)
+            meta = head_means_metadata(cached, shape=shape)
             if (meta.get("probes"), meta.get("n"), meta.get("model", str(pretrained))) == \
                     (means_probes, str(means_n), str(pretrained)):
                 means, p.means_record = cached, {**meta, "path": str(cached)}
