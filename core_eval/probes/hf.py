@@ -16,6 +16,8 @@ from core_eval.probes.types import ProbeArgumentError, ProbeSample
 __all__ = ["DEFAULT_N", "load_probe", "to_hf_dataset", "probe_dataset", "custom_dataset"]
 
 DEFAULT_N = 100
+#: ``--probes video:<rows.jsonl>``: video grounding rows (``core_eval.probes.readers.video``).
+VIDEO_PREFIX = "video:"
 
 
 def add_probe_arguments(parser, *, seed_help: str = "probe generator seed") -> None:
@@ -24,7 +26,8 @@ def add_probe_arguments(parser, *, seed_help: str = "probe generator seed") -> N
     parser.add_argument("--probes", default="grid_needle",
                         help="probe family (grid_needle, ...), an lm-eval probe task of `core-eval tasks-path` "
                              "(core_grid_needle, core_grid_needle_8x8, ...: the task's generator and YAML knobs) "
-                             "or a JSONL file of your own")
+                             "or a JSONL file of your own, or video:<rows.jsonl> (video grounding rows: "
+                             "docs/probe_data_video.md)")
     parser.add_argument("--seed", type=int, default=0,
                         help=f"{seed_help} (default 0). A task name does not change it: the tasks evaluate on "
                              "seed 1000, and heads should be chosen on other samples; pass --seed 1000 only to "
@@ -39,8 +42,14 @@ def load_probe(name_or_path: str | os.PathLike, n: int | None = None, seed: int 
                image_root: str | os.PathLike | None = None, **knobs: Any) -> list[ProbeSample]:
     """A registered family name (``n`` samples, default :data:`DEFAULT_N`), a visual probe task
     name of ``task_configs`` (its family, its YAML knobs updated by ``knobs``, but this ``seed``)
-    or a JSONL path (first ``n`` rows, default all; ``seed``/knobs not used and knobs rejected)."""
+    or a JSONL path (first ``n`` rows, default all; ``seed``/knobs not used and knobs rejected), or
+    ``video:<rows.jsonl>`` (video rows; knobs: ``sample_fps``, ``max_frames``, ``video_backend``)."""
     name, knobs, _ = resolve_probes(os.fspath(name_or_path), knobs)
+    if name.startswith(VIDEO_PREFIX):  # video grounding rows; knobs: sample_fps, max_frames, video_backend
+        from core_eval.probes.readers.video import read_video_probes
+
+        samples = read_video_probes(name[len(VIDEO_PREFIX):], video_root=image_root, **knobs)
+        return samples if n is None else samples[:n]
     if name in PROBE_FAMILIES:
         if image_root is not None:
             raise ProbeArgumentError("image_root only applies to JSONL files")
@@ -62,6 +71,11 @@ def to_hf_dataset(samples: Sequence[ProbeSample]):
     """
     import datasets
     from datasets import Features, Image, Value
+
+    with_video = [s.id for s in samples if getattr(s, "videos", None)]
+    if with_video:
+        raise ProbeArgumentError(f"{len(with_video)} sample(s) ({with_video[0]!r}, ...) hold videos, which lm-eval cannot "
+                                 "take (it has no video input); score video probes with `core-eval score --probes ...`")
 
     seq = getattr(datasets, "List", None) or datasets.Sequence
     features = Features({

@@ -1,0 +1,1 @@
+"""Readers of probe data in published and user formats (one module per source)."""
