@@ -80,7 +80,10 @@ def _video_needle(rng, n_frames=8, width=112, height=84, fps=2.0, cols=4, rows=3
         return (x, y, x + size, y + size)
 
     still = [(t, placed(s)) for t, s in zip(distractors, taken)]
-    tube = {first + j: placed(s) for j, s in enumerate(path)}
+    at = {}  # the needle's place in each slot it visits (a still needle keeps its box)
+    for s in path:
+        at.setdefault(s, placed(s))
+    tube = {first + j: at[s] for j, s in enumerate(path)}
     frames = []
     for f in range(n_frames):
         im = Image.new("RGB", (width, height), BACKGROUND)
