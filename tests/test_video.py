@@ -22,7 +22,7 @@ from core_eval.adapters.regions import batch_video_rects, sample_region_masks
 from core_eval.cli import main as cli_main
 from core_eval.intervene import apply_intervention
 from core_eval.probes import (
-    Box, ProbeArgumentError, ProbeDataError, ProbeSample, Video, generate, load_probe, probe_set_hash, to_hf_dataset,
+    ProbeArgumentError, ProbeDataError, ProbeSample, Video, generate, load_probe, probe_set_hash, to_hf_dataset,
 )
 from core_eval.probes.draw import BACKGROUND, PALETTE
 from core_eval.probes.readers.video import read_video_jsonl

@@ -11,14 +11,11 @@ its pixels are read off the model, not re-derived; the mapping must claim exactl
 
 from __future__ import annotations
 
-import copy
-import sys
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
-from torch import nn
 
 from core_eval.adapters import adapter_for, registered_families
 from core_eval.adapters.regions import (
@@ -28,6 +25,7 @@ from core_eval.adapters.regions import (
 from core_eval.probes import Box, ProbeSample, Video
 from core_eval.prompting import encode
 from core_eval.testing import VLM_FAMILIES, synthetic_image
+from test_regions import glm_ramp_tower, qwen2_token_means, qwen3_token_means
 
 #: The tiny families whose rule maps videos (every family whose processor takes video).
 VIDEO_FAMILIES = tuple(f for f in VLM_FAMILIES if registered_families()[f].region.video_rects is not None)
@@ -81,64 +79,13 @@ def model_video_ramps(family, mdl, p, inputs) -> list[torch.Tensor]:
     patch = vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
     out = []
     if family in ("qwen2_vl", "qwen2_5_vl"):
-        # patch rows (3, tp, p, p) averaged, then the model's merger (norm and MLP removed: it concatenates
-        # merge_size**2 consecutive patch rows into one token)
-        merger = copy.deepcopy(mdl.model.visual.merger)
-        merger.ln_q, merger.mlp = nn.Identity(), nn.Identity()
-        C = merger.hidden_size // vp.merge_size**2
-        pv, start = inputs["pixel_values_videos"], 0
-        for t, gh, gw in inputs["video_grid_thw"].tolist():
-            rows = pv[start:start + t * gh * gw].view(-1, 3, vp.temporal_patch_size, vp.patch_size, vp.patch_size)
-            start += t * gh * gw
-            x = torch.zeros(len(rows), C, dtype=torch.float64)
-            x[:, :3] = unnormalize(rows, vp, 1).mean((2, 3, 4))
-            out.append(merger.double()(x).view(-1, vp.merge_size**2, C)[..., :3].mean(1))
+        out = qwen2_token_means(mdl, vp, inputs["pixel_values_videos"], inputs["video_grid_thw"], 3)
     elif family in ("qwen3_vl", "qwen3_vl_moe"):
-        # the model's Conv3d patch embedding set to average each channel over its (tp, p, p) kernel, and its
-        # merger without norm and MLP
-        embed = copy.deepcopy(mdl.model.visual.patch_embed).double()
-        with torch.no_grad():
-            embed.proj.weight.zero_()
-            embed.proj.bias.zero_()
-            for ch in range(3):
-                embed.proj.weight[ch, ch] = 1.0 / embed.proj.weight[ch, ch].numel()
-        merger = copy.deepcopy(mdl.model.visual.merger).double()
-        merger.norm = merger.linear_fc1 = merger.act_fn = merger.linear_fc2 = nn.Identity()
-        C, m2 = embed.embed_dim, vcfg.spatial_merge_size**2
-        mean = torch.tensor(vp.image_mean, dtype=torch.float64)
-        std = torch.tensor(vp.image_std, dtype=torch.float64)
-        pv, start = inputs["pixel_values_videos"], 0
-        for t, gh, gw in inputs["video_grid_thw"].tolist():
-            with torch.no_grad():
-                x = embed(pv[start:start + t * gh * gw].double())
-            start += t * gh * gw
-            x[:, :3] = x[:, :3] * std + mean
-            out.append(merger(x).view(-1, m2, C)[..., :3].mean(1))
+        out = qwen3_token_means(mdl, vp, inputs["pixel_values_videos"], inputs["video_grid_thw"], 3)
     elif family in GLM:
         # the model's own get_video_features (per temporal patch a (1, h, w) image through its vision tower),
         # on a tower whose non-grouping parts are the identity and whose downsample conv averages each block
-        vis = copy.deepcopy(mdl.model.visual).double()
-        chans = 3 * vp.temporal_patch_size * vp.patch_size**2
-
-        class Ramp(nn.Module):
-            def forward(self, x):
-                x = unnormalize(x.view(-1, 3, chans // 3), vp, 1).mean(-1)
-                y = torch.zeros(len(x), vcfg.hidden_size, dtype=torch.float64)
-                y[:, :3] = x
-                return y
-
-        class Keep(nn.Module):
-            def forward(self, x, *args, **kwargs):
-                return x
-
-        vis.patch_embed, vis.post_conv_layernorm, vis.post_layernorm, vis.merger = Ramp(), Keep(), Keep(), Keep()
-        vis.embeddings = Keep()
-        vis.blocks = nn.ModuleList([Keep() for _ in vis.blocks])
-        with torch.no_grad():
-            vis.downsample.weight.zero_()
-            vis.downsample.bias.zero_()
-            for c in range(3):
-                vis.downsample.weight[c, c] = 1.0 / vp.merge_size**2
+        vis = glm_ramp_tower(mdl, vp)
         original = mdl.model.visual
         mdl.model.visual = vis
         try:

@@ -252,26 +252,21 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict, sample_fps, 
     def frames_in(t0, t1):  # source frames whose time lies in [t0, t1)
         return [i for i in range(n) if t0 - _EPS <= i / fps < t1 - _EPS]
 
-    clip = list(range(n))
-    if "clip" in row:
-        c = _span(row, "clip", errs)
-        if c is not None:
-            if not (0 <= c[0] < c[1] <= duration + _EPS):
-                errs.append(f"'clip' {list(c)} lies outside the video {where}; use 0 <= start < end <= {duration:g}")
-            else:
-                clip = frames_in(*c)
-                if not clip:
-                    errs.append(f"'clip' {list(c)} holds no frame {where}")
+    def in_seconds(key):  # the source frames of a [t0, t1) span in seconds, or None (errors noted)
+        sp = _span(row, key, errs)
+        if sp is None:
+            return None
+        if not (0 <= sp[0] < sp[1] <= duration + _EPS):
+            errs.append(f"'{key}' {list(sp)} lies outside the video {where}; use 0 <= start < end <= {duration:g}")
+            return None
+        got = frames_in(*sp)
+        if not got:
+            errs.append(f"'{key}' {list(sp)} holds no frame {where}")
+        return got or None
+
+    clip = in_seconds("clip") if "clip" in row else list(range(n))
     if "segment" in row:
-        sg = _span(row, "segment", errs)
-        seg = None
-        if sg is not None:
-            if not (0 <= sg[0] < sg[1] <= duration + _EPS):
-                errs.append(f"'segment' {list(sg)} lies outside the video {where}; use 0 <= start < end <= {duration:g}")
-            else:
-                seg = frames_in(*sg)
-                if not seg:
-                    errs.append(f"'segment' {list(sg)} holds no frame {where}")
+        seg = in_seconds("segment")
     elif "frames" in row:
         fr = row["frames"]
         seg = None
@@ -282,10 +277,10 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict, sample_fps, 
         else:
             seg = list(range(fr[0], fr[1] + 1))
     else:
-        seg = list(clip)
+        seg = list(clip) if clip else None
     if errs:
         return None, errs
-    if clip and (seg[0] < clip[0] or seg[-1] > clip[-1]):
+    if seg[0] < clip[0] or seg[-1] > clip[-1]:
         errs.append(f"the target segment (source frames {seg[0]}..{seg[-1]}) is not inside the clip (frames "
                     f"{clip[0]}..{clip[-1]}); widen 'clip' or shorten the segment")
     seg_set = set(seg)
