@@ -111,7 +111,16 @@ def encode(processor, samples: Sequence, *, with_answer: bool = False, padding_s
     if any(images):
         kwargs["images"] = images
     kwargs.update(video_kwargs(processor, samples))
-    out = processor(text=texts, **kwargs)
+    try:
+        out = processor(text=texts, **kwargs)
+    except ValueError as e:
+        counts = sorted({len(v) for v in kwargs.get("videos", [])})
+        if len(counts) < 2 or "stack" not in str(e):
+            raise
+        raise ValueError(
+            f"this {type(processor).__name__} stacks the videos of a batch, and the batch's videos have {counts} "
+            "frames: score with --batch-size 1, or give every video the same number of frames"
+        ) from e
     out.pop("labels", None)  # PaliGemma's processor adds training labels: not a model input here
     return out
 

@@ -270,6 +270,18 @@ def test_image_prompts_are_unchanged_and_videos_are_not_resampled(tiny_loaded):
     assert inputs["video_grid_thw"][0, 0].item() == 3  # 6 frames, 2 per temporal patch: none dropped
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "internvl"])
+def test_processors_that_stack_videos_say_so(tiny_loaded, family):
+    """LLaVA-OneVision and InternVL stack a batch's videos: unequal frame counts get the fix, not a torch error."""
+    _, p, _ = tiny_loaded(family)
+    a, b = (ProbeSample(id=i, images=[], videos=[Video([synthetic_image(k) for k in range(n)])], question="q", answer="a")
+            for i, n in (("a", 4), ("b", 6)))
+    with pytest.raises(ValueError, match="stacks the videos of a batch, and the batch's videos have \\[4, 6\\] frames: "
+                                         "score with --batch-size 1"):
+        encode(p, [a, b])
+    encode(p, [a]), encode(p, [b])
+
+
 def test_processors_see_the_frame_times(tiny_loaded):
     """Qwen3-VL writes ``<t seconds>`` per temporal patch (the mean time of its two frames), Qwen2.5-VL
     derives ``second_per_grid_ts`` and GLM writes integer seconds, all from the Video's fps and start."""
