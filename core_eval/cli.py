@@ -81,6 +81,26 @@ def _select(args) -> int:
     return 0
 
 
+def _export(args) -> int:
+    from core_eval.export import export_ablated
+
+    out = export_ablated(args.model, args.out, spec=args.spec, heads=args.heads, ablation=args.ablation, frac=args.frac,
+                         k=args.k, seed=args.seed, threshold=args.threshold, means=args.means, family=args.family,
+                         overwrite=args.overwrite)
+    record = json.loads((out / "core_eval_export.json").read_text())
+    print(f"wrote {out}: {record['mode']} ablation of {record['n_heads']} heads {record['heads']} in the weights")
+    return 0
+
+
+def _convert(args) -> int:
+    from core_eval.spec import load_head_spec
+    from core_eval.spec.writers import WRITERS
+
+    path = WRITERS[args.to](load_head_spec(args.spec), args.out)
+    print(f"wrote {path} ({args.to})")
+    return 0
+
+
 def _demo(args) -> int:
     from core_eval.demo import DemoConfig, run_demo
 
@@ -129,6 +149,27 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--score", default=None, help="score array to rank (default: the spec's, usually ram)")
     se.add_argument("--out", default=None, help="output spec (default: overwrite the input)")
     se.set_defaults(fn=_select)
+    ex = sub.add_parser("export", help="write a checkpoint with the chosen heads ablated in its weights "
+                                       "(zero; mean where o_proj has a bias), for engines that cannot be patched")
+    ex.add_argument("--model", required=True, help="checkpoint directory or cached model id")
+    ex.add_argument("--spec", default=None, help="head spec to select from")
+    ex.add_argument("--heads", default=None, help="selection rule (top, bottom, random, ...) or LAYER:HEAD;LAYER:HEAD")
+    ex.add_argument("--frac", type=float, default=None)
+    ex.add_argument("--k", type=int, default=None)
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--threshold", type=float, default=None)
+    ex.add_argument("--ablation", default="zero", help="zero | mean")
+    ex.add_argument("--means", default=None, help="head-means file for --ablation mean")
+    ex.add_argument("--out", required=True, help="folder to write the checkpoint into")
+    ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
+    add_family_argument(ex)
+    ex.set_defaults(fn=_export)
+    cv = sub.add_parser("convert", help="write a spec's heads in another project's format")
+    cv.add_argument("spec")
+    cv.add_argument("--to", required=True, choices=["duo", "retrieval-head"],
+                    help="duo: DuoAttention full_attention_heads.tsv; retrieval-head: Retrieval Head JSON")
+    cv.add_argument("--out", required=True)
+    cv.set_defaults(fn=_convert)
     from core_eval.report.cli import add_report_parser
     from core_eval.scoring.causal import add_causal_parser
 

@@ -17,15 +17,22 @@ Dataset hook
       has that knob (``{"image_size": 672}``); a knob no family knows is an error.
 
     e.g. ``lm_eval ... --metadata '{"core_probe_n": 20, "core_probe_knobs": {"grid": 6}}'``.
+
+    The data-source tasks (``source_dataset``: RefCOCO, ``core_grounding``) read ``probe_source``
+    / ``probe_options`` from the YAML and, at run time, ``core_probe_source`` (any ``--probes``
+    data source: ``hf:<path-or-id>[:split]``, ``coco:<instances.json>``, a JSONL path),
+    ``core_probe_options`` (reader options, plus ``image_root``), ``core_probe_n`` and
+    ``core_probe_seed`` (with the ``shuffle`` option).
 """
 
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 from core_eval.probes import (
-    PROBE_FAMILIES, family_knobs, load_probe, probe_scores, to_hf_dataset,
+    PROBE_FAMILIES, family_knobs, first_line, load_probe, probe_scores, to_hf_dataset,
 )
 
 #: Appended after every visual probe question (the LLaVA short-answer convention).
@@ -34,6 +41,8 @@ IMAGE_PLACEHOLDER = "<image>"  # lm-eval's DEFAULT_IMAGE_PLACEHOLDER
 TEXT_PAGE_TITLE = "RECORD SHEET"
 #: Run-time overrides read from ``--metadata`` (see the module docstring).
 OVERRIDE_KEYS = ("core_probe_n", "core_probe_seed", "core_probe_knobs")
+#: Run-time overrides of the data-source tasks.
+SOURCE_OVERRIDE_KEYS = ("core_probe_source", "core_probe_options", "core_probe_n", "core_probe_seed")
 
 
 # ----------------------------------------------------------------------------- dataset hooks
@@ -92,6 +101,35 @@ def probe_dataset(probe_split: str = "test", **kwargs: Any):
     import datasets
 
     return datasets.DatasetDict({probe_split: to_hf_dataset(_samples(**kwargs))})
+
+
+def resolve_source_args(probe_source: str | None = None, probe_score_source: str | None = None,
+                        probe_n: int | None = None, probe_seed: int = 0, probe_options: dict | None = None,
+                        **metadata: Any) -> dict:
+    """``{"source", "n", "seed", "image_root", "options"}`` of a data-source task: the YAML's
+    ``dataset_kwargs`` with the run-time ``core_probe_*`` overrides (``probe_score_source`` is what
+    ``core-eval score --probes <task>`` reads; the evaluation does not use it)."""
+    source = metadata.get("core_probe_source") or probe_source
+    if not source:
+        raise ValueError("this task reads its data from --metadata core_probe_source, e.g. --metadata "
+                         "'{\"core_probe_source\": \"hf:/data/refcocog:val\"}' (hf:<path-or-id>[:split], "
+                         "coco:<instances.json> with core_probe_options.image_root, or a JSONL path)")
+    options = {**_as_dict(probe_options, "probe_options"),
+               **_as_dict(metadata.get("core_probe_options"), "core_probe_options")}
+    n = metadata.get("core_probe_n", probe_n)
+    return {"source": source, "n": None if n is None else int(n),
+            "seed": int(metadata.get("core_probe_seed", probe_seed)),
+            "image_root": options.pop("image_root", None), "options": options}
+
+
+def source_dataset(probe_split: str = "test", **kwargs: Any):
+    """lm-eval ``custom_dataset`` for the data-source tasks: ``DatasetDict({split: ds})`` with the
+    columns of :func:`probe_dataset`, from the task's (or ``core_probe_source``'s) data."""
+    import datasets
+
+    a = resolve_source_args(**kwargs)
+    samples = load_probe(a["source"], n=a["n"], seed=a["seed"], image_root=a["image_root"], **a["options"])
+    return datasets.DatasetDict({probe_split: to_hf_dataset(samples)})
 
 
 def text_page(rows: list[dict]) -> tuple[str, list[tuple[int, int]]]:
@@ -167,12 +205,41 @@ def doc_to_text(doc: dict) -> str:
     return f"{IMAGE_PLACEHOLDER * int(doc['n_images'])}{doc['question']}\n{ANSWER_INSTRUCTION}"
 
 
+def doc_to_text_plain(doc: dict) -> str:
+    """``<image>`` once per image, then the question alone (the REC questions state their answer
+    format; the short-answer instruction would contradict it)."""
+    return f"{IMAGE_PLACEHOLDER * int(doc['n_images'])}{doc['question']}"
+
+
 def doc_to_images(doc: dict) -> list:
     """All images of a doc, flat and in order (for multi-image tasks)."""
     return list(doc["images"])
 
 
 # ----------------------------------------------------------------------------- metrics
+
+_NUMBER = re.compile(r"[-+]?\d*\.?\d+")
+
+
+def box_iou(a, b) -> float:
+    """Intersection over union of two ``[x0, y0, x1, y1]`` boxes (0 for an empty union)."""
+    iw = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    ih = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = iw * ih
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def rec_results(doc: dict, results: list) -> dict:
+    """:func:`process_results` plus, for the ``rec`` template, ``iou`` between the first four numbers
+    of the generation (a relative ``[x0, y0, x1, y1]`` box) and the gold box, and ``acc_iou50``
+    (IoU >= 0.5, the RefCOCO accuracy); an unreadable box scores 0."""
+    out = process_results(doc, results)
+    gold = [float(v) for v in _NUMBER.findall(doc["answer"])]
+    pred = [float(v) for v in _NUMBER.findall(first_line(results[0] if results else ""))][:4]
+    iou = box_iou(pred, gold) if len(pred) == 4 and len(gold) == 4 and pred[2] > pred[0] and pred[3] > pred[1] else 0.0
+    return {**out, "iou": iou, "acc_iou50": float(iou >= 0.5)}
+
 
 def process_results(doc: dict, results: list) -> dict:
     """``exact_match`` on the first non-empty line of the generation, ``relaxed_match`` on all

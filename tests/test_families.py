@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from conftest import ALL_FAMILIES, VLM_FAMILIES
-from test_model_mask import RECORD_NAME, RECORDED
+from test_model_mask import full_layer_mask
 
 import core_eval
 from core_eval.adapters import (
@@ -22,28 +22,18 @@ from core_eval.adapters import (
     family_source,
     registered_families,
 )
-from core_eval.attention.reference import allowed_keys
 
 BIN = Path(sys.executable).parent
 
 
 def observed_mask_kind(model, inputs) -> str:
     """What the model's own full-attention-layer mask is, from the mask it passes to attention."""
-    ad = adapter_for(model)
-    RECORDED.clear()
-    ad.set_lm_attention(RECORD_NAME)
-    try:
-        with torch.no_grad():
-            model(**inputs)
-    finally:
-        ad.set_lm_attention("sdpa")
-    layer = next(l for l in range(ad.shape.num_layers) if not ad.is_sliding(l))
-    B, T = inputs["input_ids"].shape
-    allowed = allowed_keys(RECORDED[layer], T, T, "cpu").expand(B, 1, T, T)[:, 0]
+    T = inputs["input_ids"].shape[1]
+    allowed = full_layer_mask(model, inputs)
     future = allowed & torch.ones(T, T, dtype=torch.bool).triu(1)  # (B, T, T): key after query
     if not future.any():
         return "causal"
-    visual = ad.visual_mask(inputs["input_ids"])
+    visual = adapter_for(model).visual_mask(inputs["input_ids"])
     both_visual = visual[:, :, None] & visual[:, None, :]
     return "bidirectional_image" if not (future & ~both_visual).any() else "prefix_lm"
 

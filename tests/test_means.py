@@ -24,7 +24,8 @@ from core_eval.prompting import iter_batches
 from core_eval.spec import spec_from_scores
 from core_eval.testing import example_inputs
 
-LM_O_PROJ = re.compile(r"layers\.(\d+)\.self_attn\.o_proj$")  # vision towers name theirs otherwise
+# vision towers name theirs otherwise; Idefics2's perceiver resampler does not
+LM_O_PROJ = re.compile(r"(?<!perceiver_resampler\.)layers\.(\d+)\.self_attn\.o_proj$")
 
 
 def lm_o_projs(model) -> dict[int, torch.nn.Module]:

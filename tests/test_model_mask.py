@@ -35,9 +35,9 @@ AttentionInterface.register(RECORD_NAME, recording_attention)
 AttentionMaskInterface.register(RECORD_NAME, sdpa_mask)
 
 
-def test_gemma3_mask_is_bidirectional_within_an_image(tiny_loaded):
-    """So the invariant below really exercises keys after the query on Gemma 3."""
-    model, proc, inputs = tiny_loaded("gemma3")
+def full_layer_mask(model, inputs) -> torch.Tensor:
+    """``(B, q, kv)`` bool: the keys the model's own mask allows in its first full-attention layer
+    (one a hybrid path handles), recorded from what the model passes to the attention function."""
     ad = adapter_for(model)
     RECORDED.clear()
     ad.set_lm_attention(RECORD_NAME)
@@ -47,9 +47,16 @@ def test_gemma3_mask_is_bidirectional_within_an_image(tiny_loaded):
     finally:
         ad.set_lm_attention("sdpa")
     B, T = inputs["input_ids"].shape
-    visual = ad.visual_mask(inputs["input_ids"])
-    layer = next(l for l in sorted(RECORDED) if not ad.is_sliding(l))  # a layer the hybrid path handles
-    m = allowed_keys(RECORDED[layer], T, T, "cpu").expand(B, 1, T, T)[:, 0]
+    layer = next(l for l in sorted(RECORDED) if not ad.is_sliding(l))
+    return allowed_keys(RECORDED[layer], T, T, "cpu").expand(B, 1, T, T)[:, 0]
+
+
+def test_gemma3_mask_is_bidirectional_within_an_image(tiny_loaded):
+    """So the invariant below really exercises keys after the query on Gemma 3."""
+    model, proc, inputs = tiny_loaded("gemma3")
+    B, T = inputs["input_ids"].shape
+    visual = adapter_for(model).visual_mask(inputs["input_ids"])
+    m = full_layer_mask(model, inputs)
     later = m & torch.ones(T, T, dtype=torch.bool).triu(1)  # (B, q, kv): keys after the query
     assert later.any(), "the tiny Gemma 3 attends causally: the invariant test would not exercise the fix"
     assert bool((later <= (visual[:, :, None] & visual[:, None, :])).all())  # only image -> image

@@ -123,7 +123,7 @@ def test_entry_point_of_an_installed_distribution(outside_dir, tmp_path):
     assert "mistral3_outside" not in {n for n, f in registered_families().items() if family_source(f) == "built-in"}
 
 
-def test_a_broken_entry_point_names_its_distribution(tmp_path):
+def test_a_broken_entry_point_names_its_distribution(tmp_path, tiny_dir):
     dist = tmp_path / "broken"
     dist.mkdir()
     (dist / "pyproject.toml").write_text(
@@ -137,5 +137,5 @@ def test_a_broken_entry_point_names_its_distribution(tmp_path):
     assert proc.returncode == 2
     assert "core_eval.families entry point (core-eval-broken: mistral3 = core_eval_outside_mistral3:FAMILY) " \
            "failed to import: ImportError: planted" in proc.stderr
-    with pytest.raises(UnsupportedArchitectureError):  # in-process, an unknown dotted path is refused before anything loads
-        core_eval.plan(str(tmp_path), family="no_such_module:FAMILY")
+    with pytest.raises(UnsupportedArchitectureError, match="cannot import 'FAMILY' from module 'no_such_module'"):
+        core_eval.plan(tiny_dir("llava"), family="no_such_module:FAMILY")  # refused before anything loads

@@ -30,6 +30,7 @@ from core_eval.probes import Box, ProbeSample, generate
 from core_eval.prompting import encode, prompt_text
 from core_eval.testing import VLM_FAMILIES
 from core_eval.testing.inputs import load_processor, load_tiny, synthetic_image
+from core_eval.testing.tiny_models import recipes
 
 _PROCESSORS: dict = {}
 _MODELS: dict = {}
@@ -37,6 +38,11 @@ _MODELS: dict = {}
 ANYRES = ("llava_next", "llava_onevision")
 #: Families that lay an image out differently when its prompt holds several images (OneVision: base grid only).
 MULTI_IMAGE_LAYOUT = ("llava_onevision",)
+
+
+def family_of(tiny: str) -> str:
+    """The family a tiny model belongs to (a family may have several tiny recipes: internvl3_5 is internvl's)."""
+    return recipes()[tiny][0].name
 
 
 @pytest.fixture
@@ -97,7 +103,7 @@ def positions(mask_row):
 
 # --------------------------------------------------------------------------- registry & errors
 def test_every_vlm_family_has_a_rule_and_text_has_none():
-    for fam in (*VLM_FAMILIES, "smolvlm"):
+    for fam in {family_of(f) for f in VLM_FAMILIES}:
         assert region_rule(fam) is registered_families()[fam].region is not None
     with pytest.raises(RegionMappingError, match="'text' has no region-to-token mapping.*gemma3"):
         region_rule("text")
@@ -178,8 +184,8 @@ def test_whole_image_box_maps_to_all_visual_tokens(proc, family, variant):
     p = variant_processor(proc, family, variant)
     samples = [sample([synthetic_image(0, (150, 100))]), sample([synthetic_image(1, (90, 130))], "Which colour?")]
     inputs = encode(p, samples)
-    m = sample_region_masks(p, inputs, samples, family=family)
-    image_tokens = inputs["input_ids"] == region_rule(family).image_token(p)
+    m = sample_region_masks(p, inputs, samples, family=family_of(family))
+    image_tokens = inputs["input_ids"] == region_rule(family_of(family)).image_token(p)
     assert image_tokens.sum() > 0
     assert torch.equal(m.visual, image_tokens)
     if family in ANYRES:  # the newline tokens (one per high-res row) are visual but never targets
@@ -221,7 +227,7 @@ def identity_geometry(p, family):
     if family == "idefics3":
         side = ip.max_image_size["longest_edge"]
         return (side, side), side // int(round(p.image_seq_len**0.5))
-    if family == "internvl":
+    if family in ("internvl", "internvl3_5"):
         side = ip.size.height
         return (side, side), side // int(round(p.image_seq_length**0.5))
     if family in ("gemma3", "paligemma"):
@@ -231,8 +237,13 @@ def identity_geometry(p, family):
 
 
 # anyres families: every patch is seen by a base token and a high-res token; their one-cell box
-# check is in test_family_llava_next.py
-@pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if f not in ANYRES])
+# check is in test_family_llava_next.py. Tiny models whose processor gives no single token grid for one
+# image: idefics2 (perceiver latents: no patch grid at all) and smolvlm (always tiles + global image);
+# see tests/test_family_<name>.py.
+NO_SINGLE_GRID = {"idefics2", "smolvlm"}
+
+
+@pytest.mark.parametrize("family", [f for f in VLM_FAMILIES if f not in (*ANYRES, *NO_SINGLE_GRID)])
 def test_box_on_one_patch_maps_to_exactly_that_token(proc, family):
     p = proc(family)
     (w, h), cell = identity_geometry(p, family)
@@ -388,7 +399,7 @@ def glm_ramp_tower(mdl, ip):
 def model_token_ramps(family, mdl, p, inputs):
     """Per row, the (n_visual, 2) ramp values each visual token sees, in LM order, via the model's own code."""
     ip, ids = p.image_processor, inputs["input_ids"]
-    counts = (ids == region_rule(family).image_token(p)).sum(1).tolist()
+    counts = (ids == region_rule(family_of(family)).image_token(p)).sum(1).tolist()
     pv, out = inputs["pixel_values"], []
     vcfg = mdl.config.vision_config
     patch = vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
@@ -399,7 +410,7 @@ def model_token_ramps(family, mdl, p, inputs):
         out = qwen2_token_means(mdl, ip, pv, inputs["image_grid_thw"], 2)
     elif family in ("qwen3_vl", "qwen3_vl_moe"):
         out = qwen3_token_means(mdl, ip, pv, inputs["image_grid_thw"], 2)
-    elif family == "idefics3":
+    elif family in ("idefics3", "smolvlm"):
         scale = mdl.model.connector.scale_factor
         for b in range(len(ids)):
             toks = []
@@ -410,7 +421,7 @@ def model_token_ramps(family, mdl, p, inputs):
                 shuffled = mdl.model.connector.pixel_shuffle(ramp, scale)  # (1, n, 2 * s^2)
                 toks.append(shuffled[0].view(shuffled.shape[1], scale**2, 2).mean(1))
             out.append(torch.cat(toks))
-    elif family == "internvl":
+    elif family in ("internvl", "internvl3_5"):
         start = 0
         for b in range(len(ids)):
             k = counts[b] // p.image_seq_length
@@ -473,6 +484,29 @@ def model_token_ramps(family, mdl, p, inputs):
                                                           image_newline=nl)
             toks.append(packed[0])
         out = list(torch.cat(toks).split(counts))
+    elif family == "idefics2":
+        # Perceiver latents: a latent sees the mean ramp of the vision patches its cross-attention may read,
+        # as the model's own code decides (dropped padding frames, whole-patch mask, perceiver mask), read off
+        # the first perceiver layer's eager attention weights (> 0 = readable); the last n_latents keys are
+        # the latents themselves.
+        enc = copy.deepcopy(mdl.model)
+        enc.set_attn_implementation({"perceiver_config": "eager"})
+        weights = []
+        hook = enc.connector.perceiver_resampler.layers[0].self_attn.register_forward_hook(
+            lambda mod, args, o: weights.append(o[1]))
+        with torch.no_grad():
+            enc.get_image_features(pv, inputs["pixel_attention_mask"])
+        hook.remove()
+        n_lat = mdl.config.perceiver_config.resampler_n_latents
+        readable = (weights[0][:, 0, :, :-n_lat] > 0).double()  # (real frames, latents, patches)
+        real = [(b, f) for b in range(len(ids)) for f in range(pv.shape[1])
+                if inputs["pixel_attention_mask"][b, f].any()]
+        assert len(real) == len(readable)
+        toks = [[] for _ in ids]
+        for (b, f), r in zip(real, readable):
+            ramp = patch_ramp(unnormalize(pv[b, f], ip), patch)
+            toks[b].append((r @ ramp) / r.sum(1, keepdim=True))
+        out = [torch.cat(t) for t in toks]
     for b, t in enumerate(out):
         assert len(t) == counts[b], (family, b, len(t), counts[b])
     return out
@@ -527,7 +561,7 @@ def test_tokens_see_their_pixels(proc, model, family, variant, images_kwargs):
     inputs = encode_kw(p, samples, **images_kwargs)
     ref = model_token_ramps(family, model(family), p, inputs)
     tr = token_rects(p, inputs, [s.images for s in samples], images_kwargs=images_kwargs)
-    image_ids = inputs["input_ids"] == region_rule(family).image_token(p)
+    image_ids = inputs["input_ids"] == region_rule(family_of(family)).image_token(p)
     if images_kwargs.get("do_pan_and_scan"):  # the crops really happened for the wide/tall images
         assert image_ids[2].sum() > p.image_seq_length
     for b, (w, h) in enumerate(sizes):
@@ -572,7 +606,7 @@ def test_multi_image_boxes_map_to_their_own_image_only(proc, family):
     # independent split of the visual tokens: image 0's count, from the processor on image 0 alone
     # (or, where a multi-image prompt changes the layout, on image 0 twice)
     twice = family in MULTI_IMAGE_LAYOUT
-    n0 = int(encode(p, [sample([im0] * (1 + twice))])["input_ids"].eq(region_rule(family).image_token(p)).sum())
+    n0 = int(encode(p, [sample([im0] * (1 + twice))])["input_ids"].eq(region_rule(family_of(family)).image_token(p)).sum())
     n0 //= 1 + twice
     first, second = vis[:n0], vis[n0:]
     assert len(first) > 0 and len(second) > 0
@@ -642,6 +676,8 @@ def test_grid_needle_boxes_are_a_strict_subset(proc, family):
     # up to 3x3 tiles (OneVision: 9x9 grids downsampled) and a one-tile canvas
     ("llava_next", dict(image_grid_pinpoints=[[24, 24], [24, 72], [72, 24], [48, 48], [48, 72], [72, 72]])),
     ("llava_onevision", dict(image_grid_pinpoints=[[24, 24], [24, 72], [72, 24], [48, 48], [48, 72], [72, 72]])),
+    ("smolvlm", {}),
+    ("idefics2", dict(do_image_splitting=False)),  # with splitting, Idefics2's processor fails on 1x1 images
 ])
 def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
     p = proc(family, **attrs) if attrs else proc(family)
@@ -650,7 +686,7 @@ def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
     samples = [sample([Image.new("RGB", wh)]) for wh in sizes]
     inputs = encode(p, samples)
     tr = token_rects(p, inputs, [s.images for s in samples])  # raises on any count mismatch
-    assert torch.equal(tr.image >= 0, inputs["input_ids"] == region_rule(family).image_token(p))
+    assert torch.equal(tr.image >= 0, inputs["input_ids"] == region_rule(family_of(family)).image_token(p))
     if family == "qwen2_vl":  # without image_grid_thw the mapping recomputes smart_resize
         for i, wh in enumerate(sizes):
             n = len(image_token_rects(p, wh))
@@ -660,35 +696,22 @@ def test_token_counts_follow_the_processor_for_many_sizes(proc, family, attrs):
 
 def test_all_registered_rules_are_documented():
     rules = [f.region for f in registered_families().values() if f.region is not None]
-    assert len(rules) >= len(VLM_FAMILIES)
+    assert len(rules) >= len({family_of(f) for f in VLM_FAMILIES})
     for rule in rules:
         assert rule.summary and rule.token_rects.__doc__
 
 
 def test_smolvlm_uses_the_idefics3_layout(proc):
-    """SmolVLM's image processor with the smolvlm rule (SmolVLMProcessor itself needs num2words; without
-    it, the SmolVLM image processor runs inside the Idefics3 processor, which emits the same layout)."""
-    from transformers import SmolVLMImageProcessor
-
-    base = proc("idefics3")
-    tile = base.image_processor.max_image_size["longest_edge"]
-    ip = SmolVLMImageProcessor(size={"longest_edge": 3 * tile}, max_image_size={"longest_edge": tile},
-                               do_image_splitting=True)
-    try:
-        from transformers import SmolVLMProcessor
-        from transformers.models.smolvlm.video_processing_smolvlm import SmolVLMVideoProcessor
-
-        p = SmolVLMProcessor(image_processor=ip, tokenizer=copy.deepcopy(base.tokenizer),
-                             video_processor=SmolVLMVideoProcessor(), image_seq_len=base.image_seq_len,
-                             chat_template=base.chat_template)
-    except ImportError:
-        p = copy.deepcopy(base)
-        p.image_processor = ip
+    """The real tiny SmolVLM (SmolVLMProcessor + SmolVLMImageProcessor, splitting on) under the smolvlm rule,
+    which is Idefics3's: 3x3 / 3x2 tiles + global image, box -> its tiles + the global image."""
+    p = proc("smolvlm")
+    assert type(p).__name__ == "SmolVLMProcessor" and type(p.image_processor).__name__ == "SmolVLMImageProcessor"
+    assert region_rule("smolvlm") is region_rule("idefics3")
     samples = generate("grid_needle", 2, grid=4, image_size=448) + [sample([synthetic_image(0, (150, 100))])]
     inputs = encode(p, samples)
-    m = sample_region_masks(p, inputs, samples, family="smolvlm")
-    assert m.visual[0].sum() == 10 * base.image_seq_len  # 3x3 tiles + global
-    assert m.visual[2].sum() == 7 * base.image_seq_len  # 3x2 tiles + global
+    m = sample_region_masks(p, inputs, samples)
+    assert m.visual[0].sum() == 10 * p.image_seq_len  # 3x3 tiles + global
+    assert m.visual[2].sum() == 7 * p.image_seq_len  # 3x2 tiles + global
     assert torch.equal(m.target[2], m.visual[2])
     for b in range(2):
         assert 0 < int(m.target[b].sum()) < int(m.visual[b].sum())

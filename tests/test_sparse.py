@@ -64,6 +64,7 @@ def test_fast_paths_equal_the_explicit_mask_oracle(models, family, kind):
     # decode: 20 greedy steps through the hybrid cache == greedy argmax of the oracle on the sequence
     assert gen.shape[1] == T + 20
     full = oracle_logits(model, grow_inputs(model, inputs, gen[:, :-1]), full_kv, kind, gen[:, :-1])
+    full[..., torch.tensor(model.generation_config.eos_token_id).flatten()] = -float("inf")  # min_new_tokens bans EOS
     assert torch.equal(full[:, T - 1 :].argmax(-1), gen[:, T:])
 
 

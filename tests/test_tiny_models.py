@@ -41,6 +41,9 @@ EXPECTED = {
     "glm4v_moe": ("Glm4vProcessor", "Glm4vImageProcessor", "<|image|>", 2),
     "llava_next": ("LlavaNextProcessor", "LlavaNextImageProcessor", "<image>", 4),
     "llava_onevision": ("LlavaOnevisionProcessor", "LlavaOnevisionImageProcessor", "<image>", 2),
+    "idefics2": ("Idefics2Processor", "Idefics2ImageProcessor", "<image>", 2),
+    "smolvlm": ("SmolVLMProcessor", "SmolVLMImageProcessor", "<image>", 4),
+    "internvl3_5": ("InternVLProcessor", "GotOcr2ImageProcessor", "<IMG_CONTEXT>", 2),
     "llama": (None, None, None, 2),
     "qwen2": (None, None, None, 2),
 }
@@ -58,6 +61,9 @@ MODEL_CLASS = {
     "glm4v_moe": "Glm4vMoeForConditionalGeneration",
     "llava_next": "LlavaNextForConditionalGeneration",
     "llava_onevision": "LlavaOnevisionForConditionalGeneration",
+    "idefics2": "Idefics2ForConditionalGeneration",
+    "smolvlm": "SmolVLMForConditionalGeneration",
+    "internvl3_5": "InternVLForConditionalGeneration",
     "llama": "LlamaForCausalLM",
     "qwen2": "Qwen2ForCausalLM",
 }
@@ -226,7 +232,9 @@ def test_chat_template(family, loaded):
         with_image = proc.apply_chat_template(example_messages("What?", 2), tokenize=False)
         placeholder = {"llava": "<image>", "idefics3": "<image>", "internvl": "<IMG_CONTEXT>",
                        "gemma3": "<start_of_image>", "llava_next": "<image>",
-                       "llava_onevision": "<image>"}.get(family, "<|vision_start|><|image_pad|><|vision_end|>")
+                       "llava_onevision": "<image>",
+                       "idefics2": "<image>", "smolvlm": "<image>", "internvl3_5": "<IMG_CONTEXT>",
+                       }.get(family, "<|vision_start|><|image_pad|><|vision_end|>")
         if family in ("glm4v", "glm4v_moe"):
             placeholder = "<|begin_of_image|><|image|><|end_of_image|>"
         assert with_image.count(placeholder) == 2

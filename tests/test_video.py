@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 
 import oracles
-from core_eval.adapters import adapter_for, registered_families
+from core_eval.adapters import adapter_for
 from core_eval.adapters.regions import batch_video_rects, sample_region_masks
 from core_eval.cli import main as cli_main
 from core_eval.intervene import apply_intervention
@@ -31,9 +31,10 @@ from core_eval.scoring.capture import RamCapture
 from core_eval.scoring.ram import ScoreConfig, score_batch
 from core_eval.spec import load_head_spec
 from core_eval.testing import VLM_FAMILIES, synthetic_image
+from core_eval.testing.tiny_models import recipes
 
 REPO = Path(__file__).resolve().parents[1]
-VIDEO_FAMILIES = tuple(f for f in VLM_FAMILIES if registered_families()[f].region.video_rects is not None)
+VIDEO_FAMILIES = tuple(f for f in VLM_FAMILIES if recipes()[f][0].region.video_rects is not None)
 NEEDLE = dict(n_frames=6, width=112, height=84)
 
 
@@ -152,7 +153,7 @@ def test_frame_folder_rows_sample_frames_and_map_boxes(tmp_path):
     assert lowered[0].meta["video"]["frame_indices"] == [0, 4, 8]
     via = load_probe(f"video:{rows}", sample_fps=1.0)
     assert probe_set_hash(via) == probe_set_hash(lowered)
-    with pytest.raises(ProbeArgumentError, match="unknown knob\\(s\\) \\['fps'\\]; valid knobs"):
+    with pytest.raises(ProbeArgumentError, match="unknown option\\(s\\) \\['fps'\\]; valid options: max_frames"):
         load_probe(f"video:{rows}", fps=1)
 
 
@@ -213,8 +214,8 @@ def test_malformed_rows_are_all_listed_with_the_fix(tmp_path):
     for pattern in (
         r"line 2: boxes\['9'\]: frame 9 out of range \(the video has 8 frames at 4 fps: frames 0..7",
         r"line 3: 'segment' \[1.5, 3.0\] lies outside the video .*use 0 <= start < end <= 2",
-        r"line 4: boxes\['1'\]: empty box \[10, 0, 5, 8\]",
-        r"line 5: boxes\['1'\]: box \[0, 0, 80, 8\] \(xyxy\) outside the frame \(64x48\)",
+        r"line 4: boxes\['1'\]: empty box \[10, 0, 5, 8\]: x1 \(5\) <= x0 \(10\)",
+        r"line 5: boxes\['1'\]: box \[0, 0, 80, 8\] \(xyxy\) outside the image bounds \(image size 64x48\)",
         r"line 6: boxes\['1'\]: frame 1 is outside the target segment \(frames 3..5\); drop the box or widen",
         r"line 7: 'fps' must be a number > 0",
         r"line 8: missing field 'boxes' \(use \{\} for the whole frames of the segment\)",

@@ -19,20 +19,19 @@ from PIL import Image
 
 from core_eval.adapters import adapter_for, registered_families
 from core_eval.adapters.regions import (
-    RegionMappingError, batch_video_rects, region_masks, region_rule, sample_region_masks, token_rects, video_rule,
+    RegionMappingError, batch_video_rects, region_masks, sample_region_masks, token_rects, video_rule,
     video_token_rects,
 )
 from core_eval.probes import Box, ProbeSample, Video
 from core_eval.prompting import encode
 from core_eval.testing import VLM_FAMILIES, synthetic_image
+from core_eval.testing.tiny_models import recipes
 from test_regions import glm_ramp_tower, qwen2_token_means, qwen3_token_means
 
 #: The tiny families whose rule maps videos (every family whose processor takes video).
-VIDEO_FAMILIES = tuple(f for f in VLM_FAMILIES if registered_families()[f].region.video_rects is not None)
+VIDEO_FAMILIES = tuple(f for f in VLM_FAMILIES if recipes()[f][0].region.video_rects is not None)
 QWEN = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 GLM = ("glm4v", "glm4v_moe")
-#: Families whose processor stacks the videos of a batch (same frame count for every video).
-STACKED = ("llava_onevision", "internvl")
 
 
 def ramp_frame(w, h, marker: float) -> Image.Image:
@@ -73,7 +72,9 @@ def patch_means(frame, patch):
 
 def model_video_ramps(family, mdl, p, inputs) -> list[torch.Tensor]:
     """Per video of the batch (processor order), the (n_tokens, 3) (red, green, blue) each of its LM video
-    tokens sees, via the model's own code; NaN rows where the model puts a no-patch token (newline)."""
+    tokens sees, via the model's own code; NaN rows where the model puts a no-patch token (newline).
+    ``family``: a tiny model's name (its family says which code groups the patches)."""
+    family = recipes()[family][0].name
     vp = p.video_processor
     vcfg = mdl.config.vision_config
     patch = vcfg.patch_size[0] if isinstance(vcfg.patch_size, (list, tuple)) else vcfg.patch_size
@@ -117,7 +118,7 @@ def model_video_ramps(family, mdl, p, inputs) -> list[torch.Tensor]:
 
 def split_per_video(family, p, inputs, samples, ramps):
     """InternVL's pixel_values carry no per-video split: cut its frames by each video's frame count."""
-    if family != "internvl":
+    if recipes()[family][0].name != "internvl":
         return ramps
     flat = ramps[0]
     per = p.image_seq_length
@@ -173,7 +174,7 @@ def test_video_tokens_see_their_frames_and_pixels(tiny_loaded, family, sizes, n_
             g = frames[:, 0] == f0
             d = torch.cdist(ramp[g, :2], centre[g])
             assert (d.diagonal() <= d.min(1).values + 0.005).all()
-    if family in QWEN + GLM and n_frames % 2:  # the odd frame count was padded by the processor, not by us
+    if recipes()[family][0].name in QWEN + GLM and n_frames % 2:  # the odd frame count was padded by the processor, not by us
         assert inputs["video_grid_thw"][0, 0].item() == (n_frames + 1) // 2
 
 
@@ -235,7 +236,7 @@ def test_video_token_rects_of_one_video_match_the_batch(tiny_loaded, family):
 
 
 # --------------------------------------------------------------------------- images and videos together
-MIXED = [f for f in VIDEO_FAMILIES if video_rule(f).videos_with_images]
+MIXED = [f for f in VIDEO_FAMILIES if recipes()[f][0].region.videos_with_images]
 
 
 @pytest.mark.parametrize("family", MIXED)
@@ -309,6 +310,6 @@ def test_resampled_frames_are_detected(tiny_loaded):
 
 def test_every_video_family_documents_its_rule():
     for f in VIDEO_FAMILIES:
-        rule = region_rule(f)
+        rule = recipes()[f][0].region
         assert rule.video_rects.__doc__ and "video" in rule.summary
     assert set(VIDEO_FAMILIES) >= {"qwen2_vl", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "internvl", "glm4v"}

@@ -1,5 +1,7 @@
 """Synthetic retrieval probe families and their registry.
 
+Families: ``grid_needle``, ``multi_image_needle``, ``text_lookup``, ``count_control`` (here) and the
+multi-page ``doc_needle`` (:mod:`core_eval.probes.doc_needle`, registered below with :func:`_family`).
 Each family is ``fn(n, seed=0, **knobs) -> list[ProbeSample]``. Sample ``i`` is drawn from its
 own RNG seeded by sha256(family, seed, i), so generation is byte-identical across processes and
 ``generate(f, 5)[:3] == generate(f, 3)``. Ids are ``<family>-s<seed>-<knob hash>-<i>``, so
@@ -26,7 +28,7 @@ from core_eval.probes.metrics import NUMBER_WORDS
 from core_eval.probes.types import Box, ProbeArgumentError, ProbeSample
 
 __all__ = ["PROBE_FAMILIES", "generate", "family_knobs", "grid_needle", "multi_image_needle",
-           "text_lookup", "count_control", "KEY_WORDS", "KEY_LETTERS"]
+           "text_lookup", "count_control", "doc_needle", "KEY_WORDS", "KEY_LETTERS"]
 
 PROBE_FAMILIES: dict[str, Callable[..., list[ProbeSample]]] = {}
 _TYPES = [(c, s) for c in PALETTE for s in SHAPES]
@@ -360,6 +362,17 @@ def _value(rng, kind, n):
             return v
 
 
+def _key_values(rng, n, kind, value_len) -> tuple[list[str], list[str]]:
+    """``n`` distinct keys of :data:`KEY_WORDS` and ``n`` distinct values (drawn in that order)."""
+    keys = rng.sample(KEY_WORDS, n)
+    values: list[str] = []
+    while len(values) < n:
+        v = _value(rng, kind, value_len)
+        if v not in values:
+            values.append(v)
+    return keys, values
+
+
 @_family("text_lookup", _check_text)
 def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, font_scale=2,
                  layout="page", table_side=0, n_keys=len(KEY_LETTERS)):
@@ -381,12 +394,7 @@ def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, 
         return _text_table(rng, n_rows, image_size, value_kind, value_len, table_side, n_keys)
     base, top, _, _ = _text_layout({"image_size": image_size, "font_scale": font_scale,
                                     "value_len": value_len})
-    keys = rng.sample(KEY_WORDS, n_rows)
-    values: list[str] = []
-    while len(values) < n_rows:
-        v = _value(rng, value_kind, value_len)
-        if v not in values:
-            values.append(v)
+    keys, values = _key_values(rng, n_rows, value_kind, value_len)
     t = rng.randrange(n_rows)
 
     font = bitmap_font()
@@ -553,3 +561,8 @@ def _count_control(rng, min_count=1, max_count=5, n_distractors=4, count_by="col
 
 
 count_control = PROBE_FAMILIES["count_control"]
+
+
+# ----------------------------------------------------------------------------- doc_needle (own module)
+
+from core_eval.probes.doc_needle import doc_needle  # noqa: E402  (importing it registers "doc_needle")

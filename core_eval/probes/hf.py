@@ -9,58 +9,57 @@ from pathlib import Path
 from typing import Any
 
 from core_eval.probes.families import PROBE_FAMILIES, generate
-from core_eval.probes.jsonl import read_jsonl
+from core_eval.probes.jsonl import JSONL_OPTIONS, read_jsonl
+from core_eval.probes.readers import check_options, is_source, read_source
 from core_eval.probes.tasks import probes_help, resolve_probes
 from core_eval.probes.types import ProbeArgumentError, ProbeSample
 
 __all__ = ["DEFAULT_N", "load_probe", "to_hf_dataset", "probe_dataset", "custom_dataset"]
 
 DEFAULT_N = 100
-#: ``--probes video:<rows.jsonl>``: video grounding rows (``core_eval.probes.readers.video``).
-VIDEO_PREFIX = "video:"
 
 
 def add_probe_arguments(parser, *, seed_help: str = "probe generator seed") -> None:
     """The command-line options that pick a probe set for :func:`load_probe`: ``--probes``,
     ``--seed``, ``--knobs`` (JSON) and ``--image-root`` (shared by score, causal and plot)."""
     parser.add_argument("--probes", default="grid_needle",
-                        help="probe family (grid_needle, ...), an lm-eval probe task of `core-eval tasks-path` "
-                             "(core_grid_needle, core_grid_needle_8x8, ...: the task's generator and YAML knobs) "
-                             "or a JSONL file of your own, or video:<rows.jsonl> (video grounding rows: "
-                             "docs/probe_data_video.md)")
+                        help="probe family (grid_needle, doc_needle, ...), an lm-eval probe task of `core-eval "
+                             "tasks-path` (core_grid_needle, ...: the task's generator and YAML knobs), a dataset "
+                             "(hf:<path-or-id>[:split], e.g. hf:lmms-lab/RefCOCOg:val; coco:<instances.json> with "
+                             "--image-root), video grounding rows (video:<rows.jsonl>, docs/probe_data_video.md) or a JSONL file "
+                             "of your own (docs/probe_data.md)")
     parser.add_argument("--seed", type=int, default=0,
                         help=f"{seed_help} (default 0). A task name does not change it: the tasks evaluate on "
                              "seed 1000, and heads should be chosen on other samples; pass --seed 1000 only to "
                              "use the evaluation samples themselves")
     parser.add_argument("--knobs", default="{}",
                         help='probe generator knobs as JSON, e.g. \'{"grid": 6}\'; with a task name they '
-                             "override the task's knobs key by key")
-    parser.add_argument("--image-root", default=None, help="base folder for relative image paths in a JSONL")
+                             "override the task's knobs key by key; for a dataset or JSONL, the reader's options "
+                             '(e.g. \'{"template": "category"}\', \'{"bbox_format": "xywh"}\')')
+    parser.add_argument("--image-root", default=None,
+                        help="base folder for relative image paths (JSONL, coco:, hf: datasets with path columns)")
 
 
 def load_probe(name_or_path: str | os.PathLike, n: int | None = None, seed: int = 0, *,
                image_root: str | os.PathLike | None = None, **knobs: Any) -> list[ProbeSample]:
     """A registered family name (``n`` samples, default :data:`DEFAULT_N`), a visual probe task
-    name of ``task_configs`` (its family, its YAML knobs updated by ``knobs``, but this ``seed``)
-    or a JSONL path (first ``n`` rows, default all; ``seed``/knobs not used and knobs rejected), or
-    ``video:<rows.jsonl>`` (video rows; knobs: ``sample_fps``, ``max_frames``, ``video_backend``)."""
+    name of ``task_configs`` (its family, its YAML knobs updated by ``knobs``, but this ``seed``),
+    a dataset source ``hf:<path-or-id>[:split]`` / ``coco:<instances.json>`` / ``video:<rows.jsonl>``
+    (``knobs`` = the reader's options; first ``n`` rows, or with ``shuffle`` a sample drawn with ``seed``) or a
+    JSONL path (first ``n`` rows, default all; knob ``bbox_format`` only)."""
     name, knobs, _ = resolve_probes(os.fspath(name_or_path), knobs)
-    if name.startswith(VIDEO_PREFIX):  # video grounding rows; knobs: sample_fps, max_frames, video_backend
-        from core_eval.probes.readers.video import read_video_probes
-
-        samples = read_video_probes(name[len(VIDEO_PREFIX):], video_root=image_root, **knobs)
-        return samples if n is None else samples[:n]
     if name in PROBE_FAMILIES:
         if image_root is not None:
-            raise ProbeArgumentError("image_root only applies to JSONL files")
+            raise ProbeArgumentError("image_root only applies to data files (JSONL, coco:, hf:)")
         return generate(name, DEFAULT_N if n is None else n, seed=seed, **knobs)
+    if is_source(name):
+        return read_source(name, n=n, seed=seed, image_root=image_root, **knobs)
     p = Path(name)
     if p.suffix.lower() in (".jsonl", ".json") or p.exists():
-        if knobs:
-            raise ProbeArgumentError(f"knobs {sorted(knobs)} do not apply to a JSONL file ({p})")
-        samples = read_jsonl(p, image_root=image_root)
-        return samples if n is None else samples[:n]
-    raise ProbeArgumentError(f"{name!r} is neither a probe family, a probe task nor a .jsonl path; {probes_help()}")
+        check_options(f"JSONL file {p}", knobs, JSONL_OPTIONS)
+        return read_jsonl(p, image_root=image_root, limit=n, **knobs)
+    raise ProbeArgumentError(f"{name!r} is neither a probe family, a probe task nor a .jsonl path (nor a dataset: "
+                             f"hf:<path-or-id>[:split], coco:<instances.json>); {probes_help()}")
 
 
 def to_hf_dataset(samples: Sequence[ProbeSample]):

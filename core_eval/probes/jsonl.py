@@ -6,65 +6,52 @@ One JSON object per line::
      "aliases": ["..."], "boxes": [[x0, y0, x1, y1], ...]}
     {"images": ["a.png", "b.png"], "question": "...", "answer": "...",
      "boxes": [{"image": 1, "box": [x0, y0, x1, y1]}]}
+    {"image": "coco.jpg", "question": "...", "answer": "...", "boxes": [[x, y, w, h]], "bbox_format": "xywh"}
+    {"pages": ["p1.png", "p2.png", "p3.png"], "question": "...", "answer": "...",
+     "evidence_pages": [2], "evidence_boxes": [{"page": 2, "box": [x0, y0, x1, y1]}]}
 
-Boxes are half-open pixel coordinates; ``"image"`` indices are 0-based. A bare
-``[x0, y0, x1, y1]`` is only allowed with a single image. Missing/empty ``boxes`` means the
-whole image(s) is the target region. Optional ``family`` (default ``"jsonl"``) and ``meta``
-(object) are kept; other keys go to ``meta["extra"]``. Default id: ``<file stem>:<line>``.
+Boxes are pixel coordinates of the original image in the row's ``bbox_format`` (``"xyxy"``,
+half-open corners, the default; or ``"xywh"``; per row, or for the whole file with
+``read_jsonl(bbox_format=...)``); ``"image"`` indices are 0-based. A bare box is only allowed with
+a single image. Missing/empty ``boxes`` means the whole image(s) is the target region. A row with
+``pages`` is a document (:mod:`core_eval.probes.readers.documents`: 1-based ``evidence_pages``,
+optional ``evidence_boxes``). An unknown key that looks like a box (``bbox``, ``box``, ``bboxes``,
+``region``, ...) is an error naming ``boxes``; optional ``family`` (default ``"jsonl"``) and
+``meta`` (object) are kept; other keys go to ``meta["extra"]``. Default id: ``<file stem>:<line>``.
 Relative image paths resolve against ``image_root``, else the JSONL file's folder.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
 
 from PIL import Image
 
-from core_eval.probes.types import Box, LazyImages, ProbeDataError, ProbeSample
+from core_eval.probes.readers.boxes import box_key_error, box_like_keys, check_box_format, parse_boxes
+from core_eval.probes.readers.documents import DOCUMENT_KEYS, document_boxes
+from core_eval.probes.types import LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample
 
-__all__ = ["read_jsonl", "write_jsonl"]
+__all__ = ["read_jsonl", "write_jsonl", "JSONL_OPTIONS"]
 
-_KNOWN = {"id", "image", "images", "question", "answer", "aliases", "boxes", "family", "meta"}
-
-
-def _is_num(v) -> bool:
-    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
-
-
-def _fmt(b) -> str:
-    return json.dumps(b)
+_KNOWN = {"id", "image", "images", "question", "answer", "aliases", "boxes", "family", "meta", "bbox_format",
+          *DOCUMENT_KEYS}
+#: Reader options (``--knobs`` for a JSONL path): the file's default box format.
+JSONL_OPTIONS = ("bbox_format",)
 
 
-def _check_box(raw, where: str, size, errs: list[str]):
-    if not (isinstance(raw, list) and len(raw) == 4 and all(_is_num(v) for v in raw)):
-        errs.append(f"{where}: box must be 4 numbers [x0, y0, x1, y1], got {_fmt(raw)}")
-        return None
-    x0, y0, x1, y1 = raw
-    bad = []
-    if x1 <= x0:
-        bad.append(f"x1 ({x1}) <= x0 ({x0})")
-    if y1 <= y0:
-        bad.append(f"y1 ({y1}) <= y0 ({y0})")
-    if bad:
-        errs.append(f"{where}: empty box {_fmt(raw)}: " + " and ".join(bad))
-        return None
-    if size is not None:
-        w, h = size
-        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-            errs.append(f"{where}: box {_fmt(raw)} outside the image bounds (image size {w}x{h})")
-            return None
-    return raw
-
-
-def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict):
+def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict, bbox_format: str = "xyxy"):
     """Return ``(sample | None, errors)`` for one decoded row."""
     errs: list[str] = []
     if not isinstance(row, dict):
         return None, [f"expected a JSON object, got {type(row).__name__}"]
+    errs += [box_key_error(k, document="pages" in row) for k in box_like_keys(set(row) - _KNOWN)]
+    fmt = row.get("bbox_format", bbox_format)
+    if check_box_format(fmt):
+        errs.append(check_box_format(fmt))
+        fmt = "xyxy"
 
     q = row.get("question")
     if "question" not in row:
@@ -94,23 +81,25 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict):
         errs.append("'meta' must be an object")
         meta = {}
 
-    # images
+    # images (or document pages)
     paths: list[str] = []
-    if "image" in row and "images" in row:
-        errs.append("give either 'image' or 'images', not both")
+    given = [k for k in ("image", "images", "pages") if k in row]
+    if len(given) > 1:
+        errs.append(f"give one of 'image', 'images' or 'pages' (a document), not {' and '.join(given)}")
     elif "image" in row:
         if isinstance(row["image"], str) and row["image"]:
             paths = [row["image"]]
         else:
             errs.append("'image' must be a path string")
-    elif "images" in row:
-        imgs = row["images"]
+    elif given:
+        key = given[0]
+        imgs = row[key]
         if isinstance(imgs, list) and imgs and all(isinstance(p, str) and p for p in imgs):
             paths = imgs
         else:
-            errs.append("'images' must be a non-empty list of path strings")
+            errs.append(f"'{key}' must be a non-empty list of path strings")
     else:
-        errs.append("missing field 'image' or 'images'")
+        errs.append("missing field 'image' or 'images' (or 'pages' for a document)")
     resolved, sizes = [], []
     for p in paths:
         fp = Path(p) if os.path.isabs(p) else root / p
@@ -127,46 +116,26 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict):
             sizes.append(None)
 
     # boxes
-    boxes: list[Box] = []
-    raw_boxes = row.get("boxes", [])
-    if raw_boxes is None:
-        raw_boxes = []
-    if not isinstance(raw_boxes, list):
-        errs.append("'boxes' must be a list")
-        raw_boxes = []
-    for j, rb in enumerate(raw_boxes):
-        where = f"boxes[{j}]"
-        if isinstance(rb, dict):
-            idx, box = rb.get("image"), rb.get("box")
-            if "box" not in rb or "image" not in rb:
-                errs.append(f"{where}: object boxes need 'image' (0-based index) and 'box'")
-                continue
-            if isinstance(idx, bool) or not isinstance(idx, int):
-                errs.append(f"{where}: 'image' must be an integer index, got {_fmt(idx)}")
-                continue
-            if paths and not 0 <= idx < len(paths):
-                errs.append(f"{where}: image index {idx} out of range (row has {len(paths)} "
-                            f"image(s); indices are 0-based)")
-                continue
-        elif isinstance(rb, list):
-            idx, box = 0, rb
-            if len(paths) > 1:
-                errs.append(f"{where}: a bare [x0, y0, x1, y1] box is ambiguous with {len(paths)} "
-                            f"images; use {{\"image\": i, \"box\": [...]}}")
-                continue
-        else:
-            errs.append(f"{where}: box must be [x0, y0, x1, y1] or {{\"image\": i, \"box\": [...]}}")
-            continue
-        size = sizes[idx] if idx < len(sizes) else None
-        ok = _check_box(box, where, size, errs)
-        if ok is not None:
-            boxes.append(Box(idx, *ok))
+    meta_doc = {}
+    if "pages" in row:
+        if "boxes" in row:
+            errs.append("a document row gives its target region as 'evidence_pages' (1-based) and optional "
+                        "'evidence_boxes' ({\"page\": p, \"box\": [...]}), not 'boxes'")
+        boxes, ev = document_boxes(row, sizes, fmt, errs) if paths else ([], [])
+        meta_doc = {"evidence_pages": [p + 1 for p in ev]}
+    else:
+        for k in ("evidence_pages", "evidence_boxes"):
+            if k in row:
+                errs.append(f"'{k}' belongs to a document row: give its page images as 'pages'")
+        boxes = parse_boxes(row.get("boxes", []), sizes, fmt, errs)
 
     if errs:
         return None, errs
     extra = {k: v for k, v in row.items() if k not in _KNOWN}
     if extra:
         meta = {**meta, "extra": extra}
+    if meta_doc:
+        meta = {**meta, **meta_doc}
     seen[str(sid)] = lineno
     sample = ProbeSample(
         id=str(sid), images=LazyImages(resolved, sizes), question=q, answer=str(a),
@@ -175,11 +144,16 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict):
     return sample, []
 
 
-def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None) -> list[ProbeSample]:
+def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None = None,
+               bbox_format: str = "xyxy", limit: int | None = None) -> list[ProbeSample]:
     """Read and validate a grounding JSONL file; images are opened lazily (headers read now).
 
-    Raises :class:`ProbeDataError` listing every bad row as ``line N: reason``.
+    ``bbox_format``: the file's box format (a row's own ``"bbox_format"`` wins). ``limit``: read
+    (and validate) only the first ``limit`` rows. Raises :class:`ProbeDataError` listing every bad
+    row as ``line N: reason``.
     """
+    if check_box_format(bbox_format):
+        raise ProbeArgumentError(check_box_format(bbox_format))
     src = Path(path)
     root = Path(image_root) if image_root is not None else src.parent
     try:
@@ -187,15 +161,19 @@ def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
     except OSError as e:
         raise ProbeDataError(f"{src}: cannot read ({e})") from e
     samples, errors, seen = [], [], {}
+    rows = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue
+        if limit is not None and rows >= limit:
+            break
+        rows += 1
         try:
             row = json.loads(line)
         except json.JSONDecodeError as e:
             errors.append((lineno, f"malformed JSON ({e.msg} at column {e.colno})"))
             continue
-        s, errs = _parse_row(row, lineno, src, root, seen)
+        s, errs = _parse_row(row, lineno, src, root, seen, bbox_format)
         if s is not None:
             samples.append(s)
         errors.extend((lineno, e) for e in errs)
@@ -230,7 +208,7 @@ def write_jsonl(samples: Sequence[ProbeSample], path: str | os.PathLike, *,
                 except ValueError:  # different drive on Windows
                     paths.append(str(fp.resolve()))
             rec = {"id": s.id, "images": paths, "question": s.question, "answer": s.answer,
-                   "aliases": list(s.aliases), "boxes": [b.to_dict() for b in s.boxes],
+                   "aliases": list(s.aliases), "boxes": [b.to_dict() for b in s.boxes], "bbox_format": "xyxy",
                    "family": s.family, "meta": s.meta}
             f.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return out

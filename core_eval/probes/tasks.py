@@ -4,6 +4,11 @@ A visual probe task names its generator in ``dataset_kwargs``: ``probe_family``,
 ``probe_seed`` (the evaluation seed, 1000) and ``probe_n``. :func:`resolve_probes` turns a task
 name into its family and knobs, so RAM scoring can use exactly the evaluated layout; the seed is
 never taken from the task (heads should be scored on other samples than the evaluation's).
+
+A data-source task (``custom_dataset: !function utils.source_dataset``) evaluates on
+``probe_source`` (``hf:...``, ``coco:...``, a JSONL) with reader options ``probe_options``;
+``--probes <task>`` scores on its ``probe_score_source`` (another split), so heads are not chosen
+on the evaluated rows.
 """
 
 from __future__ import annotations
@@ -15,21 +20,27 @@ from pathlib import Path
 from core_eval.probes.families import PROBE_FAMILIES
 from core_eval.probes.types import ProbeArgumentError
 
-__all__ = ["ProbeTask", "probe_tasks", "resolve_probes"]
+__all__ = ["ProbeTask", "probe_tasks", "source_tasks", "resolve_probes"]
 
 #: ``custom_dataset`` of the tasks whose samples carry images (``!function utils.probe_dataset``).
 VISUAL_DATASET = "utils.probe_dataset"
+#: ``custom_dataset`` of the tasks that read a dataset (``!function utils.source_dataset``).
+SOURCE_DATASET = "utils.source_dataset"
 
 
 @dataclass(frozen=True)
 class ProbeTask:
-    """One visual probe task: generator family, evaluation seed (``probe_seed``), size and knobs."""
+    """One visual probe task: generator family, evaluation seed (``probe_seed``), size and knobs.
+
+    For a data-source task ``family`` is the source that scoring reads (``probe_score_source``),
+    ``source`` the evaluated one and ``knobs`` the reader options."""
 
     name: str
     family: str
     eval_seed: int
-    n: int
+    n: int | None
     knobs: dict = field(default_factory=dict)
+    source: str | None = None
 
 
 def _read_yaml(path: Path) -> dict:
@@ -47,24 +58,36 @@ def _read_yaml(path: Path) -> dict:
 
 
 @functools.lru_cache(maxsize=None)
-def _catalog(folder: str) -> tuple[dict[str, ProbeTask], dict[str, str]]:
-    """``(visual probe tasks, {other task or group name: why it is not one})`` of ``folder``."""
+def _catalog(folder: str) -> tuple[dict[str, ProbeTask], dict[str, str], dict[str, ProbeTask]]:
+    """``(visual probe tasks, {other task or group name: why it is not one}, data-source tasks)``
+    of ``folder``."""
     tasks: dict[str, ProbeTask] = {}
     other: dict[str, str] = {}
+    sources: dict[str, ProbeTask] = {}
     for path in sorted(Path(folder).glob("*.yaml")):
         cfg = _read_yaml(path)
         if "group" in cfg:
             other[cfg["group"]] = f"a task group; score one of its tasks ({', '.join(cfg.get('task') or [])})"
+        elif cfg.get("custom_dataset") == SOURCE_DATASET:
+            kw = cfg.get("dataset_kwargs") or {}
+            if kw.get("probe_score_source") or kw.get("probe_source"):
+                sources[cfg["task"]] = ProbeTask(cfg["task"], kw.get("probe_score_source") or kw["probe_source"],
+                                                 int(kw.get("probe_seed", 0)), kw.get("probe_n"),
+                                                 dict(kw.get("probe_options") or {}), kw.get("probe_source"))
+            else:
+                other[cfg["task"]] = ("a task that reads its data from --metadata core_probe_source; pass that "
+                                      "source itself to --probes (hf:<path-or-id>[:split], coco:<instances.json> "
+                                      "or a JSONL path)")
         elif cfg.get("custom_dataset") != VISUAL_DATASET:
             other[cfg.get("task", path.stem)] = "a text-only task: it shows no image to score RAM on"
         else:
             kw = cfg.get("dataset_kwargs") or {}
             tasks[cfg["task"]] = ProbeTask(cfg["task"], kw["probe_family"], int(kw.get("probe_seed", 0)),
                                            int(kw.get("probe_n", 100)), dict(kw.get("probe_knobs") or {}))
-    return tasks, other
+    return tasks, other, sources
 
 
-def _shipped() -> tuple[dict[str, ProbeTask], dict[str, str]]:
+def _shipped() -> tuple[dict[str, ProbeTask], dict[str, str], dict[str, ProbeTask]]:
     """:func:`_catalog` of the task folder shipped in :func:`core_eval.resources.tasks_dir`."""
     from core_eval.resources import tasks_dir
 
@@ -74,6 +97,11 @@ def _shipped() -> tuple[dict[str, ProbeTask], dict[str, str]]:
 def probe_tasks() -> dict[str, ProbeTask]:
     """The visual probe tasks shipped with the package, by name."""
     return dict(_shipped()[0])
+
+
+def source_tasks() -> dict[str, ProbeTask]:
+    """The shipped tasks that evaluate on a dataset source (RefCOCO, ...), by name."""
+    return dict(_shipped()[2])
 
 
 def resolve_probes(name: str, knobs: dict | None = None) -> tuple[str, dict, ProbeTask | None]:
@@ -86,9 +114,9 @@ def resolve_probes(name: str, knobs: dict | None = None) -> tuple[str, dict, Pro
     knobs = dict(knobs or {})
     if name in PROBE_FAMILIES:
         return name, knobs, None
-    tasks, other = _shipped()
-    if name in tasks:
-        t = tasks[name]
+    tasks, other, sources = _shipped()
+    if name in tasks or name in sources:
+        t = tasks.get(name) or sources[name]
         return t.family, {**t.knobs, **knobs}, t
     if name in other:
         raise ProbeArgumentError(f"{name!r} is {other[name]}; visual probe tasks: {', '.join(sorted(tasks))}")
@@ -97,5 +125,6 @@ def resolve_probes(name: str, knobs: dict | None = None) -> tuple[str, dict, Pro
 
 def probes_help() -> str:
     """One line naming the accepted ``--probes`` values (for error messages)."""
-    tasks = _shipped()[0]
-    return f"probe families: {', '.join(sorted(PROBE_FAMILIES))}; probe tasks: {', '.join(sorted(tasks))}"
+    tasks, _, sources = _shipped()
+    return (f"probe families: {', '.join(sorted(PROBE_FAMILIES))}; probe tasks: {', '.join(sorted(tasks))}; "
+            f"dataset tasks: {', '.join(sorted(sources))}")

@@ -259,7 +259,7 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     out = Path(out)
     source, knobs, task = resolve_probes(cfg.probes, cfg.knobs)  # a task name -> its family
     cfg = replace(cfg, knobs=knobs)  # a task name's YAML knobs, recorded in the spec
-    if task is not None and cfg.seed == task.eval_seed:
+    if task is not None and task.source is None and cfg.seed == task.eval_seed:
         warnings.warn(f"seed {cfg.seed} is {task.name}'s evaluation seed: the heads are chosen on the very "
                       "samples the task evaluates; score on another seed for a held-out selection", stacklevel=2)
     samples = load_probe(source, n=cfg.n, seed=cfg.seed, image_root=image_root, **cfg.knobs)

@@ -208,3 +208,12 @@ ONEVISION_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}"
 )
+
+# Idefics2: the Idefics3 turn layout without a BOS in the template (its Llama-style tokenizer adds BOS).
+IDEFICS2_TEMPLATE = IDEFICS3_TEMPLATE.removeprefix("<|begin_of_text|>")
+
+# SmolVLM: the same turns after its BOS <|im_start|>, with {"type": "video"} items written as <video>.
+_IMAGE_ITEM = "{{ '<image>' }}{% endif %}"
+SMOLVLM_TEMPLATE = "<|im_start|>" + IDEFICS2_TEMPLATE.replace(
+    _IMAGE_ITEM, "{{ '<image>' }}{% elif item['type'] == 'video' %}{{ '<video>' }}{% endif %}")
+assert IDEFICS2_TEMPLATE != IDEFICS3_TEMPLATE and _IMAGE_ITEM in IDEFICS2_TEMPLATE

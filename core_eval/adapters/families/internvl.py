@@ -1,5 +1,9 @@
 """InternVL (HF checkpoints): 448 px tiles + thumbnail, pixel shuffle; causal mask.
 
+InternVL2.5 / 3 carry a Qwen2 LM, InternVL3.5 a Qwen3 one (``Qwen3Config``: explicit head_dim,
+per-head q/k RMSNorm over head_dim, shared by all heads, so the sparse path's head permutation of the
+q/k/v/o projections stays exact); the vision side and the region rule are the same.
+
 Videos (``InternVLVideoProcessor`` / ``InternVLProcessor``): every frame is resized as a whole to one tile
 (``size``, aspect not kept) and written as an image, ``Frame{k}: <img>`` + ``image_seq_length`` image
 tokens + ``</img>``; the processor puts the frames into ``pixel_values`` after the prompt's images, so
@@ -53,10 +57,11 @@ def _internvl_video_rects(ctx: VideoContext) -> torch.Tensor:
     return video_rows(frame_groups(ctx.n_frames, 1), grid_cells(0, 0, ctx.width, ctx.height, n, n))
 
 
-def _tiny(p):
-    """InternVL: 32 px tiles, patch 8, downsample 0.5 -> 4 tokens per tile (<= 4 tiles + thumbnail); Qwen2 LM."""
+def _tiny(p, qwen3: bool = False):
+    """InternVL: 32 px tiles, patch 8, downsample 0.5 -> 4 tokens per tile (<= 4 tiles + thumbnail); Qwen2 LM
+    (InternVL2.5 / 3), or with ``qwen3`` a Qwen3 LM with per-head q/k RMSNorm (InternVL3.5 HF checkpoints)."""
     from core_eval.testing.recipe import INTERNVL_TEMPLATE, build_tokenizer, lm_kwargs, token_ids, vision_kwargs
-    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLProcessor, Qwen2Config
+    from transformers import GotOcr2ImageProcessor, InternVLConfig, InternVLProcessor, Qwen2Config, Qwen3Config
     from transformers.models.internvl.configuration_internvl import InternVLVisionConfig
     from transformers.models.internvl.video_processing_internvl import InternVLVideoProcessor
 
@@ -77,8 +82,11 @@ def _tiny(p):
         image_seq_length=per_tile,
         chat_template=INTERNVL_TEMPLATE,
     )
-    text = Qwen2Config(**lm_kwargs(p["lm"], tok, bos=None, eos="<|im_end|>", pad="<|endoftext|>", head_dim=False,
-                                     tie=True))
+    if qwen3:  # Qwen3 states head_dim explicitly (and normalises q and k per head)
+        text = Qwen3Config(**lm_kwargs(p["lm"], tok, bos=None, eos="<|im_end|>", pad="<|endoftext|>", tie=True))
+    else:
+        text = Qwen2Config(**lm_kwargs(p["lm"], tok, bos=None, eos="<|im_end|>", pad="<|endoftext|>", head_dim=False,
+                                       tie=True))
     vision = InternVLVisionConfig(**vision_kwargs(layers=p["vision_layers"]), image_size=[INTERNVL_TILE] * 2,
                                   patch_size=[INTERNVL_PATCH] * 2)
     config = InternVLConfig(vision_config=vision, text_config=text, image_token_id=token_ids(tok, "<IMG_CONTEXT>")[0],
@@ -89,10 +97,12 @@ def _tiny(p):
 
 FAMILY = Family(
     name="internvl", model_types=("internvl",), layers="model.language_model.layers",
-    notes="448px tiles + pixel shuffle",
+    notes="448px tiles + pixel shuffle; Qwen2 (InternVL2.5/3) or Qwen3 (InternVL3.5) LM",
     region=RegionRule("aspect-matched tiles row-major + thumbnail, pixel shuffle; videos: one whole-frame tile per "
                       "frame, on the image token", _internvl_rects, video_rects=_internvl_video_rects,
                       video_token=image_token_id_of),
     requires=("config.image_token_id", "processor.image_seq_length"),
-    tiny=(TinyRecipe("internvl", _tiny, "InternVLForConditionalGeneration", image_tokens=20),),
+    tiny=(TinyRecipe("internvl", _tiny, "InternVLForConditionalGeneration", image_tokens=20),
+          TinyRecipe("internvl3_5", lambda p: _tiny(p, qwen3=True), "InternVLForConditionalGeneration",
+                     image_tokens=20)),
 )

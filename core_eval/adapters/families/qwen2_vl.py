@@ -123,10 +123,16 @@ def tiny_qwen_vl(p, v25: bool):
                         window_size=56, fullatt_block_indexes=[p["vision_layers"] - 1])
     else:
         vision = VisCfg(**vis_common, embed_dim=32, mlp_ratio=2, hidden_size=lm["hidden_size"])
+    return qwen_vl_config(Cfg, tok, text, vision), processor, token_ids(tok, "<|im_end|>", "<|endoftext|>")
+
+
+def qwen_vl_config(config_class, tok, text, vision):
+    """A Qwen-VL-layout config (2-VL, 2.5-VL, 3-VL) with the vision token ids from ``tok``."""
+    from core_eval.testing.recipe import token_ids
+
     img, vid, vs, ve = token_ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    config = Cfg(text_config=text, vision_config=vision, image_token_id=img, video_token_id=vid,
-                 vision_start_token_id=vs, vision_end_token_id=ve)
-    return config, processor, token_ids(tok, "<|im_end|>", "<|endoftext|>")
+    return config_class(text_config=text, vision_config=vision, image_token_id=img, video_token_id=vid,
+                        vision_start_token_id=vs, vision_end_token_id=ve)
 
 
 FAMILY = Family(

@@ -41,7 +41,7 @@ load-time permutation of head rows commutes with it and stays exact.
 from __future__ import annotations
 
 from core_eval.adapters.base import Family, TinyRecipe
-from core_eval.adapters.families.qwen2_vl import _QWEN_SPECIALS, QWEN_REGION, QWEN_REQUIRES
+from core_eval.adapters.families.qwen2_vl import _QWEN_SPECIALS, QWEN_REGION, QWEN_REQUIRES, qwen_vl_config
 
 QWEN3_PATCH, QWEN3_MERGE = 16, 2  # as the real checkpoints; tiny: tokens = (H/32)*(W/32)
 QWEN3_MIN_PIXELS, QWEN3_MAX_PIXELS = 32 * 32, 128 * 128  # tiny recipe: 1..16 tokens per image
@@ -100,10 +100,7 @@ def tiny_qwen3_vl(p, moe: bool):
     vision = VisCfg(depth=depth, hidden_size=32, intermediate_size=64, num_heads=2, patch_size=QWEN3_PATCH,
                     spatial_merge_size=QWEN3_MERGE, temporal_patch_size=2, out_hidden_size=lm["hidden_size"],
                     num_position_embeddings=64, deepstack_visual_indexes=sorted({0, depth - 1}))
-    img, vid, vs, ve = token_ids(tok, "<|image_pad|>", "<|video_pad|>", "<|vision_start|>", "<|vision_end|>")
-    config = Cfg(text_config=text, vision_config=vision, image_token_id=img, video_token_id=vid,
-                 vision_start_token_id=vs, vision_end_token_id=ve)
-    return config, processor, token_ids(tok, "<|im_end|>", "<|endoftext|>")
+    return qwen_vl_config(Cfg, tok, text, vision), processor, token_ids(tok, "<|im_end|>", "<|endoftext|>")
 
 
 FAMILY = Family(

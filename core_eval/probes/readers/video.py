@@ -16,7 +16,8 @@ One JSON object per line (``docs/probe_data_video.md`` has the full description)
 - The temporal target: ``segment`` (seconds, ``[t0, t1)``) or ``frames`` (source frame indices
   ``[first, last]``, inclusive); neither: the whole clip. It must lie inside the clip.
 - ``boxes`` (required): ``{source frame index: [4 numbers]}`` in ``bbox_format`` (``xyxy``, the default, or
-  ``xywh``) on frames inside the segment; ``{}`` = the whole frame on every frame of the segment.
+  ``xywh``; parsed by :mod:`.boxes` as every reader's) on frames inside the segment; ``{}`` = the whole frame
+  on every frame of the segment.
 
 Frame sampling (here, once; processors never resample: see ``core_eval.prompting``). The clip's source
 frames are kept with a stride ``s``: ``round(source fps / sample_fps)`` (``1`` without ``sample_fps``),
@@ -42,6 +43,7 @@ from typing import Any
 
 from PIL import Image
 
+from core_eval.probes.readers.boxes import check_box_format, parse_box
 from core_eval.probes.types import Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample, Video
 
 __all__ = ["VideoFileFrames", "pick_video_backend", "read_video_jsonl", "read_video_probes"]
@@ -217,8 +219,8 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict, sample_fps, 
     if not isinstance(meta, dict):
         errs.append("'meta' must be an object")
     fmt = row.get("bbox_format", "xyxy")
-    if fmt not in ("xyxy", "xywh"):
-        errs.append(f"'bbox_format' must be 'xyxy' or 'xywh', got {json.dumps(fmt)}")
+    if check_box_format(fmt):
+        errs.append(check_box_format(fmt))
     s_fps = row.get("sample_fps", sample_fps)
     if s_fps is not None and not (_is_num(s_fps) and s_fps > 0):
         errs.append(f"'sample_fps' must be a number > 0, got {json.dumps(s_fps)}")
@@ -298,18 +300,11 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict, sample_fps, 
             errs.append(f"{at}: frame {k} is outside the target segment (frames {seg[0]}..{seg[-1]}); drop the box "
                         "or widen 'segment' / 'frames'")
             continue
-        if not (isinstance(box, list) and len(box) == 4 and all(_is_num(v) for v in box)):
-            errs.append(f"{at}: box must be 4 numbers in bbox_format {fmt!r}, got {json.dumps(box)}")
+        xyxy, err = parse_box(box, fmt, (w, h), at)
+        if err:
+            errs.append(err)
             continue
-        x0, y0, x1, y1 = box if fmt == "xyxy" else (box[0], box[1], box[0] + box[2], box[1] + box[3])
-        if x1 <= x0 or y1 <= y0:
-            errs.append(f"{at}: empty box {json.dumps(box)} ({fmt}): width and height must be > 0"
-                        + (" (a box of [x, y, w, h]? set bbox_format to 'xywh')" if fmt == "xyxy" else ""))
-            continue
-        if x0 < 0 or y0 < 0 or x1 > w or y1 > h:
-            errs.append(f"{at}: box {json.dumps(box)} ({fmt}) outside the frame ({w}x{h})")
-            continue
-        boxes_by_frame[k] = (x0, y0, x1, y1)
+        boxes_by_frame[k] = xyxy
     if errs:
         return None, errs
 
@@ -387,7 +382,7 @@ VIDEO_KNOBS = ("sample_fps", "max_frames", "video_backend")
 def read_video_probes(path: str | os.PathLike, *, video_root: str | os.PathLike | None = None,
                       **knobs: Any) -> list[ProbeSample]:
     """:func:`read_video_jsonl` for ``--probes video:<path>``: the knobs are checked by name first."""
-    unknown = sorted(set(knobs) - set(VIDEO_KNOBS))
-    if unknown:
-        raise ProbeArgumentError(f"video probes ({path}): unknown knob(s) {unknown}; valid knobs: {list(VIDEO_KNOBS)}")
+    from core_eval.probes.readers import check_options
+
+    check_options(f"video:{path}", knobs, VIDEO_KNOBS)
     return read_video_jsonl(path, video_root=video_root, **knobs)
