@@ -61,6 +61,5 @@ def read_source(name: str, n: int | None = None, seed: int = 0, *, image_root=No
     if name.startswith("video:"):
         from core_eval.probes.readers.video import read_video_probes
 
-        samples = read_video_probes(name[len("video:"):], video_root=image_root, **options)
-        return samples if n is None else samples[:n]
+        return read_video_probes(name[len("video:"):], n, video_root=image_root, **options)
     raise ProbeArgumentError(f"{name!r} is not a data source; use one of {', '.join(p + '...' for p in SOURCE_PREFIXES)}")

@@ -43,6 +43,7 @@ from typing import Any
 
 from PIL import Image
 
+from core_eval.probes.jsonl import read_rows
 from core_eval.probes.readers.boxes import check_box_format, parse_box
 from core_eval.probes.types import Box, LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample, Video
 
@@ -336,11 +337,11 @@ def _parse_row(row, lineno: int, src: Path, root: Path, seen: dict, sample_fps, 
 
 def read_video_jsonl(path: str | os.PathLike, *, video_root: str | os.PathLike | None = None,
                      sample_fps: float | None = None, max_frames: int = DEFAULT_MAX_FRAMES,
-                     video_backend: str | None = None) -> list[ProbeSample]:
+                     video_backend: str | None = None, limit: int | None = None) -> list[ProbeSample]:
     """Read and validate a video grounding JSONL (see the module docstring); frames stay on disk (folder
     frames opened, file frames decoded, on first access). ``sample_fps`` / ``max_frames``: the frame
     sampling of every row (a row's own keys override them); relative ``video`` paths resolve against
-    ``video_root``, else the JSONL's folder.
+    ``video_root``, else the JSONL's folder. ``limit``: read (and validate) only the first ``limit`` rows.
 
     Raises :class:`ProbeDataError` listing every bad row as ``line N: reason``, before anything is loaded.
     """
@@ -348,41 +349,20 @@ def read_video_jsonl(path: str | os.PathLike, *, video_root: str | os.PathLike |
     root = Path(video_root) if video_root is not None else src.parent
     if video_backend is not None:
         pick_video_backend(video_backend)  # a bad backend name fails before any row is read
-    try:
-        text = src.read_text(encoding="utf-8")
-    except OSError as e:
-        raise ProbeDataError(f"{src}: cannot read ({e})") from e
-    samples, errors, seen = [], [], {}
-    for lineno, line in enumerate(text.splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            errors.append((lineno, f"malformed JSON ({e.msg} at column {e.colno})"))
-            continue
-        s, errs = _parse_row(row, lineno, src, root, seen, sample_fps, max_frames, video_backend)
-        if s is not None:
-            samples.append(s)
-        errors.extend((lineno, e) for e in errs)
-    if errors:
-        bad = len({ln for ln, _ in errors})
-        lines = "\n".join(f"  line {ln}: {msg}" for ln, msg in errors)
-        raise ProbeDataError(f"{src}: {bad} invalid row(s):\n{lines}\nSee docs/probe_data_video.md for the row format.",
-                             errors)
-    if not samples:
-        raise ProbeDataError(f"{src}: no samples (file is empty)")
-    return samples
+    seen: dict = {}
+    return read_rows(src, lambda row, lineno: _parse_row(row, lineno, src, root, seen, sample_fps, max_frames,
+                                                         video_backend),
+                     limit=limit, hint="\nSee docs/probe_data_video.md for the row format.")
 
 
 #: The knobs ``--probes video:<rows.jsonl>`` takes (``--knobs '{"sample_fps": 1}'``).
 VIDEO_KNOBS = ("sample_fps", "max_frames", "video_backend")
 
 
-def read_video_probes(path: str | os.PathLike, *, video_root: str | os.PathLike | None = None,
+def read_video_probes(path: str | os.PathLike, n: int | None = None, *, video_root: str | os.PathLike | None = None,
                       **knobs: Any) -> list[ProbeSample]:
-    """:func:`read_video_jsonl` for ``--probes video:<path>``: the knobs are checked by name first."""
+    """:func:`read_video_jsonl` for ``--probes video:<path>`` (the first ``n`` rows): knobs checked by name first."""
     from core_eval.probes.readers import check_options
 
     check_options(f"video:{path}", knobs, VIDEO_KNOBS)
-    return read_video_jsonl(path, video_root=video_root, **knobs)
+    return read_video_jsonl(path, video_root=video_root, limit=n, **knobs)
