@@ -1,8 +1,15 @@
 """Probe samples -> model inputs, through the processor's own chat template.
 
-A sample is anything with ``images`` (list of PIL images), ``question`` and ``answer``.
-Image placeholders come from the chat template (``{"type": "image"}`` entries), so every family
-gets its own image tokens exactly as in real use.
+A sample is anything with ``images`` (list of PIL images), ``question`` and ``answer``, and
+optionally ``videos`` (:class:`core_eval.probes.Video`). Image and video placeholders come from the
+chat template (``{"type": "image"}`` then ``{"type": "video"}`` entries: images first), so every
+family gets its own visual tokens exactly as in real use.
+
+Videos reach the processor as the sample's frames, already sampled (the probe readers sample them
+and record the kept source frames): ``do_sample_frames=False``, so no processor resamples, and one
+``VideoMetadata`` per video with ``fps = Video.fps`` and ``frames_indices = start * fps + k``, so
+processors that write timestamps (Qwen3-VL's ``<t seconds>``, GLM's) or derive a frame rate
+(Qwen2.5-VL's ``second_per_grid_ts``) see frame ``k`` at ``start + k / fps`` seconds.
 """
 
 from __future__ import annotations
@@ -19,12 +26,50 @@ def _tokenizer(processor):
     return getattr(processor, "tokenizer", processor)
 
 
+def _videos(sample) -> list:
+    return list(getattr(sample, "videos", None) or [])
+
+
 def messages_for(sample, *, with_images: bool = True) -> list[dict]:
-    """One user turn: the sample's images, then its question."""
+    """One user turn: the sample's images, then its videos, then its question."""
     if not with_images:
         return [{"role": "user", "content": sample.question}]
-    content = [{"type": "image"} for _ in sample.images] + [{"type": "text", "text": sample.question}]
+    content = ([{"type": "image"} for _ in sample.images] + [{"type": "video"} for _ in _videos(sample)]
+               + [{"type": "text", "text": sample.question}])
     return [{"role": "user", "content": content}]
+
+
+def video_metadata(video):
+    """The ``transformers.video_utils.VideoMetadata`` of a :class:`~core_eval.probes.Video` as the processor
+    must see it: every frame kept (no resampling), frame ``k`` at ``start + k / fps`` seconds."""
+    import numpy as np
+    from transformers.video_utils import VideoMetadata
+
+    n = len(video.frames)
+    w, h = video.size
+    return VideoMetadata(total_num_frames=n, fps=float(video.fps), width=w, height=h, duration=n / video.fps,
+                         frames_indices=np.asarray(video.start * video.fps + np.arange(n), dtype=np.float64))
+
+
+def video_kwargs(processor, samples: Sequence) -> dict:
+    """Processor kwargs for the samples' videos (none when no sample has one): ``videos`` (each a list of
+    frames, samples in order), ``video_metadata`` and ``do_sample_frames=False``."""
+    videos = [v for s in samples for v in _videos(s)]
+    if not videos:
+        return {}
+    if getattr(processor, "video_processor", None) is None:
+        from core_eval.adapters import bound_family, registered_families
+
+        fam = bound_family(processor)
+        with_video = sorted(n for n, f in registered_families().items()
+                            if f.region is not None and f.region.video_rects is not None)
+        raise ValueError(
+            f"sample {getattr(samples[0], 'id', 0)!r} has a video, but this {type(processor).__name__}"
+            f"{f' (family {fam.name})' if fam else ''} has no video processor: score video probes on a family "
+            f"whose processor takes video ({', '.join(with_video)})"
+        )
+    return {"videos": [list(v.frames) for v in videos], "video_metadata": [video_metadata(v) for v in videos],
+            "do_sample_frames": False}
 
 
 def prompt_text(processor, sample) -> str:
@@ -65,7 +110,17 @@ def encode(processor, samples: Sequence, *, with_answer: bool = False, padding_s
     images = [list(s.images) for s in samples]
     if any(images):
         kwargs["images"] = images
-    out = processor(text=texts, **kwargs)
+    kwargs.update(video_kwargs(processor, samples))
+    try:
+        out = processor(text=texts, **kwargs)
+    except ValueError as e:
+        counts = sorted({len(v) for v in kwargs.get("videos", [])})
+        if len(counts) < 2 or "stack" not in str(e):
+            raise
+        raise ValueError(
+            f"this {type(processor).__name__} stacks the videos of a batch, and the batch's videos have {counts} "
+            "frames: score with --batch-size 1, or give every video the same number of frames"
+        ) from e
     out.pop("labels", None)  # PaliGemma's processor adds training labels: not a model input here
     return out
 

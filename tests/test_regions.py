@@ -321,6 +321,81 @@ def patch_ramp(frame, patch):
     return blocks.mean((-1, -2)).permute(1, 2, 0).reshape(-1, 2).contiguous()
 
 
+def qwen2_token_means(mdl, ip, pv, grid_thw, channels):
+    """Qwen2-VL / 2.5-VL: per image (or video) of ``grid_thw``, the (n_tokens, channels) mean of the first
+    ``channels`` colour channels each LM token sees: patch rows ``(3, tp, p, p)`` of ``pv`` averaged, then
+    the model's own merger (norm and MLP removed: it concatenates ``merge_size**2`` consecutive rows)."""
+    merger = copy.deepcopy(mdl.model.visual.merger)
+    merger.ln_q, merger.mlp = nn.Identity(), nn.Identity()
+    C = merger.hidden_size // ip.merge_size**2
+    mean = torch.tensor(ip.image_mean, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    std = torch.tensor(ip.image_std, dtype=torch.float64).view(1, 3, 1, 1, 1)
+    out, start = [], 0
+    for t, gh, gw in grid_thw.tolist():
+        rows = pv[start:start + t * gh * gw].view(-1, 3, ip.temporal_patch_size, ip.patch_size, ip.patch_size)
+        start += t * gh * gw
+        x = torch.zeros(len(rows), C, dtype=torch.float64)
+        x[:, :channels] = (rows.double() * std + mean)[:, :channels].mean((2, 3, 4))
+        out.append(merger.double()(x).view(-1, ip.merge_size**2, C)[..., :channels].mean(1))
+    return out
+
+
+def qwen3_token_means(mdl, ip, pv, grid_thw, channels):
+    """Qwen3-VL: as :func:`qwen2_token_means`, through the model's own patch embedding (its Conv3d set to
+    average each input channel over its ``(tp, p, p)`` kernel) and its merger without norm and MLP."""
+    embed = copy.deepcopy(mdl.model.visual.patch_embed).double()
+    with torch.no_grad():
+        embed.proj.weight.zero_()
+        embed.proj.bias.zero_()
+        for ch in range(3):
+            embed.proj.weight[ch, ch] = 1.0 / embed.proj.weight[ch, ch].numel()
+    merger = copy.deepcopy(mdl.model.visual.merger).double()
+    merger.norm = merger.linear_fc1 = merger.act_fn = merger.linear_fc2 = nn.Identity()
+    C, m2 = embed.embed_dim, mdl.config.vision_config.spatial_merge_size**2
+    mean = torch.tensor(ip.image_mean[:channels], dtype=torch.float64)
+    std = torch.tensor(ip.image_std[:channels], dtype=torch.float64)
+    out, start = [], 0
+    for t, gh, gw in grid_thw.tolist():
+        with torch.no_grad():
+            x = embed(pv[start:start + t * gh * gw].double())  # (n_patches, C): channel means, normalised
+        start += t * gh * gw
+        x[:, :channels] = x[:, :channels] * std + mean
+        out.append(merger(x).view(-1, m2, C)[..., :channels].mean(1))
+    return out
+
+
+def glm_ramp_tower(mdl, ip):
+    """A copy of GLM-4.1V's vision tower whose forward only groups: patch rows -> their (red, green, blue)
+    mean (unnormalised with ``ip``'s mean / std), padded to the tower width; blocks, norms, merger the
+    identity; the downsample conv an average over each ``merge_size x merge_size`` block."""
+    vis = copy.deepcopy(mdl.model.visual).double()
+    width = mdl.config.vision_config.hidden_size
+    chans = 3 * ip.temporal_patch_size * ip.patch_size**2
+
+    class Ramp(nn.Module):
+        def forward(self, x):
+            x = x.view(-1, 3, chans // 3)
+            mean = torch.tensor(ip.image_mean, dtype=torch.float64).view(1, 3, 1)
+            std = torch.tensor(ip.image_std, dtype=torch.float64).view(1, 3, 1)
+            out = torch.zeros(len(x), width, dtype=torch.float64)
+            out[:, :3] = (x.double() * std + mean).mean(-1)
+            return out
+
+    class Keep(nn.Module):
+        def forward(self, x, *args, **kwargs):
+            return x
+
+    vis.patch_embed, vis.post_conv_layernorm, vis.post_layernorm, vis.merger = Ramp(), Keep(), Keep(), Keep()
+    vis.embeddings = Keep()
+    vis.blocks = nn.ModuleList([Keep() for _ in vis.blocks])
+    with torch.no_grad():
+        vis.downsample.weight.zero_()
+        vis.downsample.bias.zero_()
+        for c in range(3):
+            vis.downsample.weight[c, c] = 1.0 / ip.merge_size**2
+    return vis
+
+
 def model_token_ramps(family, mdl, p, inputs):
     """Per row, the (n_visual, 2) ramp values each visual token sees, in LM order, via the model's own code."""
     ip, ids = p.image_processor, inputs["input_ids"]
@@ -332,41 +407,9 @@ def model_token_ramps(family, mdl, p, inputs):
         for b in range(len(ids)):  # one image per row; CLIP / SigLIP patches row-major (LLaVA: CLS dropped)
             out.append(patch_ramp(unnormalize(pv[b], ip), patch))
     elif family in ("qwen2_vl", "qwen2_5_vl"):
-        merger = copy.deepcopy(mdl.model.visual.merger)
-        merger.ln_q, merger.mlp = nn.Identity(), nn.Identity()
-        C = merger.hidden_size // ip.merge_size**2
-        start = 0
-        for t, gh, gw in inputs["image_grid_thw"].tolist():
-            rows = pv[start:start + t * gh * gw].view(-1, 3, ip.temporal_patch_size, ip.patch_size, ip.patch_size)
-            start += t * gh * gw
-            mean = torch.tensor(ip.image_mean, dtype=torch.float64).view(1, 3, 1, 1, 1)
-            std = torch.tensor(ip.image_std, dtype=torch.float64).view(1, 3, 1, 1, 1)
-            ramp = (rows.double() * std + mean)[:, :2].mean((2, 3, 4))  # (n_patches, 2)
-            x = torch.zeros(len(ramp), C, dtype=torch.float64)
-            x[:, :2] = ramp
-            merged = merger.double()(x).view(-1, ip.merge_size**2, C)[..., :2].mean(1)
-            out.append(merged)
+        out = qwen2_token_means(mdl, ip, pv, inputs["image_grid_thw"], 2)
     elif family in ("qwen3_vl", "qwen3_vl_moe"):
-        # the model's own patch embedding (its Conv3d set to average each input channel) and its own
-        # merger (norm and MLP removed: it concatenates merge_size**2 consecutive patches per token)
-        embed = copy.deepcopy(mdl.model.visual.patch_embed).double()
-        with torch.no_grad():
-            embed.proj.weight.zero_()
-            embed.proj.bias.zero_()
-            for ch in range(3):
-                embed.proj.weight[ch, ch] = 1.0 / embed.proj.weight[ch, ch].numel()
-        merger = copy.deepcopy(mdl.model.visual.merger).double()
-        merger.norm = merger.linear_fc1 = merger.act_fn = merger.linear_fc2 = nn.Identity()
-        C, m2 = embed.embed_dim, mdl.config.vision_config.spatial_merge_size**2
-        mean = torch.tensor(ip.image_mean[:2], dtype=torch.float64)
-        std = torch.tensor(ip.image_std[:2], dtype=torch.float64)
-        start = 0
-        for t, gh, gw in inputs["image_grid_thw"].tolist():
-            with torch.no_grad():
-                x = embed(pv[start:start + t * gh * gw].double())  # (n_patches, C): channel means, normalised
-            start += t * gh * gw
-            x[:, :2] = x[:, :2] * std + mean
-            out.append(merger(x).view(-1, m2, C)[..., :2].mean(1))
+        out = qwen3_token_means(mdl, ip, pv, inputs["image_grid_thw"], 2)
     elif family in ("idefics3", "smolvlm"):
         scale = mdl.model.connector.scale_factor
         for b in range(len(ids)):
@@ -409,30 +452,8 @@ def model_token_ramps(family, mdl, p, inputs):
     elif family in ("glm4v", "glm4v_moe"):
         # the vision tower's own forward (patchify layout -> view / permute -> downsample conv -> merger),
         # with everything that is not grouping made the identity and the conv an average over each block
-        vis = copy.deepcopy(mdl.model.visual).double()
-        chans = 3 * ip.temporal_patch_size * ip.patch_size**2
-
-        class Ramp(nn.Module):  # normalised patch rows -> (red, green) mean, padded to the tower width
-            def forward(self, x):
-                x = x.view(-1, 3, chans // 3)
-                mean = torch.tensor(ip.image_mean, dtype=torch.float64).view(1, 3, 1)
-                std = torch.tensor(ip.image_std, dtype=torch.float64).view(1, 3, 1)
-                out = torch.zeros(len(x), vcfg.hidden_size, dtype=torch.float64)
-                out[:, :2] = (x.double() * std + mean)[:, :2].mean(-1)
-                return out
-
-        class Keep(nn.Module):
-            def forward(self, x, *args, **kwargs):
-                return x
-
-        vis.patch_embed, vis.post_conv_layernorm, vis.post_layernorm, vis.merger = Ramp(), Keep(), Keep(), Keep()
-        vis.embeddings = Keep()
-        vis.blocks = nn.ModuleList([Keep() for _ in vis.blocks])
+        vis = glm_ramp_tower(mdl, ip)
         with torch.no_grad():
-            vis.downsample.weight.zero_()
-            vis.downsample.bias.zero_()
-            for c in range(2):
-                vis.downsample.weight[c, c] = 1.0 / ip.merge_size**2
             merged = vis(pv.double(), grid_thw=inputs["image_grid_thw"]).pooler_output[:, :2]
         chunks = list(torch.split(merged, (inputs["image_grid_thw"].prod(-1) // ip.merge_size**2).tolist()))
         for b in range(len(ids)):  # each row takes its images' tokens, in processor order

@@ -58,7 +58,8 @@ def _knob_hash(knobs: dict) -> str:
 
 
 def _family(name: str, check: Callable[[dict], None]):
-    """Register ``make_one(rng, **knobs) -> dict`` as family ``name`` (keyword defaults = knobs)."""
+    """Register ``make_one(rng, **knobs) -> dict`` as family ``name`` (keyword defaults = knobs). The dict
+    holds ``images`` and/or ``videos``, ``question``, ``answer``, ``boxes`` and optionally ``aliases``, ``meta``."""
 
     def deco(make_one):
         defaults = {p.name: p.default for p in inspect.signature(make_one).parameters.values()
@@ -79,9 +80,10 @@ def _family(name: str, check: Callable[[dict], None]):
             for i in range(n):
                 r = make_one(_rng(name, seed, i), **k)
                 out.append(ProbeSample(
-                    id=f"{name}-s{seed}-{kh}-{i:05d}", images=r["images"], question=r["question"],
+                    id=f"{name}-s{seed}-{kh}-{i:05d}", images=r.get("images", []), question=r["question"],
                     answer=r["answer"], aliases=r.get("aliases", []), boxes=r["boxes"], family=name,
                     meta={"seed": seed, "index": i, "knobs": dict(k), **r.get("meta", {})},
+                    videos=r.get("videos", []),
                 ))
             return out
 

@@ -26,7 +26,8 @@ def add_probe_arguments(parser, *, seed_help: str = "probe generator seed") -> N
                         help="probe family (grid_needle, doc_needle, ...), an lm-eval probe task of `core-eval "
                              "tasks-path` (core_grid_needle, ...: the task's generator and YAML knobs), a dataset "
                              "(hf:<path-or-id>[:split], e.g. hf:lmms-lab/RefCOCOg:val; coco:<instances.json> with "
-                             "--image-root) or a JSONL file of your own (docs/probe_data.md)")
+                             "--image-root), video grounding rows (video:<rows.jsonl>, docs/probe_data_video.md) or a JSONL file "
+                             "of your own (docs/probe_data.md)")
     parser.add_argument("--seed", type=int, default=0,
                         help=f"{seed_help} (default 0). A task name does not change it: the tasks evaluate on "
                              "seed 1000, and heads should be chosen on other samples; pass --seed 1000 only to "
@@ -43,8 +44,8 @@ def load_probe(name_or_path: str | os.PathLike, n: int | None = None, seed: int 
                image_root: str | os.PathLike | None = None, **knobs: Any) -> list[ProbeSample]:
     """A registered family name (``n`` samples, default :data:`DEFAULT_N`), a visual probe task
     name of ``task_configs`` (its family, its YAML knobs updated by ``knobs``, but this ``seed``),
-    a dataset source ``hf:<path-or-id>[:split]`` / ``coco:<instances.json>`` (``knobs`` = the
-    reader's options; first ``n`` rows, or with ``shuffle`` a sample drawn with ``seed``) or a
+    a dataset source ``hf:<path-or-id>[:split]`` / ``coco:<instances.json>`` / ``video:<rows.jsonl>``
+    (``knobs`` = the reader's options; first ``n`` rows, or with ``shuffle`` a sample drawn with ``seed``) or a
     JSONL path (first ``n`` rows, default all; knob ``bbox_format`` only)."""
     name, knobs, _ = resolve_probes(os.fspath(name_or_path), knobs)
     if name in PROBE_FAMILIES:
@@ -69,6 +70,11 @@ def to_hf_dataset(samples: Sequence[ProbeSample]):
     """
     import datasets
     from datasets import Features, Image, Value
+
+    with_video = [s.id for s in samples if getattr(s, "videos", None)]
+    if with_video:
+        raise ProbeArgumentError(f"{len(with_video)} sample(s) ({with_video[0]!r}, ...) hold videos, which lm-eval cannot "
+                                 "take (it has no video input); score video probes with `core-eval score --probes ...`")
 
     seq = getattr(datasets, "List", None) or datasets.Sequence
     features = Features({

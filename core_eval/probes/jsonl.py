@@ -34,7 +34,7 @@ from core_eval.probes.readers.boxes import box_key_error, box_like_keys, check_b
 from core_eval.probes.readers.documents import DOCUMENT_KEYS, document_boxes
 from core_eval.probes.types import LazyImages, ProbeArgumentError, ProbeDataError, ProbeSample
 
-__all__ = ["read_jsonl", "write_jsonl", "JSONL_OPTIONS"]
+__all__ = ["read_jsonl", "read_rows", "write_jsonl", "JSONL_OPTIONS"]
 
 _KNOWN = {"id", "image", "images", "question", "answer", "aliases", "boxes", "family", "meta", "bbox_format",
           *DOCUMENT_KEYS}
@@ -157,11 +157,19 @@ def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
         raise ProbeArgumentError(check_box_format(bbox_format))
     src = Path(path)
     root = Path(image_root) if image_root is not None else src.parent
+    seen: dict = {}
+    return read_rows(src, lambda row, lineno: _parse_row(row, lineno, src, root, seen, bbox_format), limit=limit)
+
+
+def read_rows(src: Path, parse, *, limit: int | None = None, hint: str = "") -> list[ProbeSample]:
+    """The samples of a JSONL file, one per non-blank line: ``parse(row, lineno) -> (sample | None,
+    errors)``. Every bad row is collected, then :class:`ProbeDataError` lists them as ``line N: reason``
+    (then ``hint``). ``limit``: read (and validate) only the first ``limit`` rows."""
     try:
         text = src.read_text(encoding="utf-8-sig")  # a UTF-8 BOM is accepted, as by the spec reader
     except OSError as e:
         raise ProbeDataError(f"{src}: cannot read ({e})") from e
-    samples, errors, seen = [], [], {}
+    samples, errors = [], []
     rows = 0
     for lineno, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
@@ -174,14 +182,14 @@ def read_jsonl(path: str | os.PathLike, *, image_root: str | os.PathLike | None 
         except json.JSONDecodeError as e:
             errors.append((lineno, f"malformed JSON ({e.msg} at column {e.colno})"))
             continue
-        s, errs = _parse_row(row, lineno, src, root, seen, bbox_format)
+        s, errs = parse(row, lineno)
         if s is not None:
             samples.append(s)
         errors.extend((lineno, e) for e in errs)
     if errors:
         bad = len({ln for ln, _ in errors})
         lines = "\n".join(f"  line {ln}: {msg}" for ln, msg in errors)
-        raise ProbeDataError(f"{src}: {bad} invalid row(s):\n{lines}", errors)
+        raise ProbeDataError(f"{src}: {bad} invalid row(s):\n{lines}{hint}", errors)
     if not samples:
         raise ProbeDataError(f"{src}: no samples (file is empty)")
     return samples

@@ -300,6 +300,9 @@ def attention_overlay(model, processor, sample, heads, path, rows: str = "answer
         raise ValueError(f"normalize={normalize!r}; use 'head' or 'shared'")
     if is_text_only(processor):
         raise ValueError("attention overlays need an image-text model (this processor is a bare tokenizer)")
+    if getattr(sample, "videos", None):
+        raise ValueError(f"sample {sample.id!r} holds a video: attention overlays draw images only; plot an image "
+                         "probe (RAM scores of video probes are in the spec's scores)")
     heads = [(int(l), int(h)) for l, h in heads]
     if not heads:
         raise ValueError("no heads to draw")

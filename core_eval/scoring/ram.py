@@ -280,6 +280,12 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     key = cfg.key(model_id, probe_hash, dtype, weights)
     # the partial folder, every finished batch included, is checked before the (long) model load
     ckpt.check_partial(work, key, weights, [[samples[i].id for i in b] for b in batch_ranges(len(samples), cfg.batch_size)])
+    if any(getattr(s, "videos", None) for s in samples):  # the family must map video tokens: say so before loading
+        from core_eval.adapters import family_for_config
+        from core_eval.adapters.regions import video_rule
+        from core_eval.loading import load_config
+
+        video_rule(family_for_config(load_config(pretrained), family))
     loaded = load(pretrained, heads="none", dtype=dtype, device=device, family=family)
     per_sample = run_scoring(loaded.model, loaded.processor, samples, cfg, work_dir=work, key=key,
                              model_id=model_id, weights=weights, progress=progress)

@@ -15,7 +15,10 @@ from __future__ import annotations
 import torch
 
 from core_eval.adapters.base import Family, TinyRecipe
-from core_eval.adapters.regions import ImageContext, RegionRule, batch_output, grid_cells, size_get
+from core_eval.adapters.families.qwen2_vl import grid_video_rects
+from core_eval.adapters.regions import (
+    ImageContext, RegionRule, VideoContext, batch_output, grid_cells, image_token_id_of, size_get,
+)
 
 GLM_PATCH, GLM_MERGE, GLM_TEMPORAL = 14, 2, 2
 # tiny recipe: smart_resize compares temporal_patch_size * h * w (2 frames) with these bounds, so an
@@ -46,10 +49,24 @@ def _glm4v_rects(ctx: ImageContext) -> torch.Tensor:
     return grid_cells(0, 0, ctx.width, ctx.height, gh // m, gw // m).repeat(t, 1)
 
 
+def _glm4v_video_rects(ctx: VideoContext) -> torch.Tensor:
+    """GLM-4.1V videos: ``Glm4vVideoProcessor`` resizes every frame with GLM's ``smart_resize`` and
+    ``patchify`` groups ``temporal_patch_size`` frames per step (padding the last by repeating the last
+    frame), as Qwen (:func:`~core_eval.adapters.families.qwen2_vl.grid_video_rects`); the model's
+    ``get_video_features`` runs each step as a ``(1, h, w)`` image through the tower. The processor writes
+    each step as ``<|begin_of_image|>`` + image tokens + ``<|end_of_image|>`` + its integer timestamp."""
+    return grid_video_rects(ctx, "glm4v")
+
+
 #: GLM-4.1V / GLM-4.5V region rule. Video frames are written with the image token too
-#: (``<|begin_of_image|><|image|>...<|end_of_image|>`` per frame inside ``<|begin_of_video|>``), so the
-#: image token marks every visual position; there is no separate video token in the LM sequence.
-GLM4V_REGION = RegionRule("glm4v smart_resize -> image_grid_thw -> 2x2 downsampled blocks, row-major", _glm4v_rects)
+#: (``<|begin_of_image|><|image|>...<|end_of_image|>`` per temporal patch inside ``<|begin_of_video|>``), so
+#: the image token marks every visual position; there is no separate video token in the LM sequence. The
+#: model fills *every* image-token position with the video features when it gets a video, so a prompt
+#: may not hold images and videos together.
+GLM4V_REGION = RegionRule("glm4v smart_resize -> image_grid_thw -> 2x2 downsampled blocks, row-major; videos: "
+                          "per temporal patch of 2 frames, the same blocks, on the image token", _glm4v_rects,
+                          video_rects=_glm4v_video_rects, video_token=image_token_id_of,
+                          videos_with_images=False)
 GLM4V_REQUIRES = ("config.image_token_id", "config.vision_config.spatial_merge_size",
                   "processor.image_processor.merge_size", "processor.image_processor.patch_size",
                   "processor.image_processor.temporal_patch_size")

@@ -3,6 +3,11 @@
 InternVL2.5 / 3 carry a Qwen2 LM, InternVL3.5 a Qwen3 one (``Qwen3Config``: explicit head_dim,
 per-head q/k RMSNorm over head_dim, shared by all heads, so the sparse path's head permutation of the
 q/k/v/o projections stays exact); the vision side and the region rule are the same.
+
+Videos (``InternVLVideoProcessor`` / ``InternVLProcessor``): every frame is resized as a whole to one tile
+(``size``, aspect not kept) and written as an image, ``Frame{k}: <img>`` + ``image_seq_length`` image
+tokens + ``</img>``; the processor puts the frames into ``pixel_values`` after the prompt's images, so
+video tokens are image tokens that follow the images' ones.
 """
 
 from __future__ import annotations
@@ -10,7 +15,10 @@ from __future__ import annotations
 import torch
 
 from core_eval.adapters.base import Family, TinyRecipe
-from core_eval.adapters.regions import ImageContext, RegionRule, grid_cells, size_get, square_side, tile_cells
+from core_eval.adapters.regions import (
+    ImageContext, RegionMappingError, RegionRule, VideoContext, frame_groups, grid_cells, image_token_id_of, size_get,
+    square_side, tile_cells, video_rows,
+)
 
 INTERNVL_TILE, INTERNVL_PATCH, INTERNVL_MAX_TILES = 32, 8, 4  # tiny recipe: 4 tokens per tile
 
@@ -37,6 +45,16 @@ def _internvl_rects(ctx: ImageContext) -> torch.Tensor:
     if cols * rows == 1:
         return whole
     return torch.cat([tile_cells(ctx.width, ctx.height, rows, cols, n), whole])
+
+
+def _internvl_video_rects(ctx: VideoContext) -> torch.Tensor:
+    """InternVL videos: per frame (in order), the whole frame as a row-major ``n x n`` token grid,
+    ``n^2 = image_seq_length`` (one tile, pixel shuffle keeps row-major order)."""
+    if ctx.setting("do_center_crop"):
+        raise RegionMappingError("internvl: a video processor with do_center_crop=True is not mapped (the released "
+                                 "checkpoints resize whole frames); set do_center_crop=False")
+    n = square_side(ctx.processor.image_seq_length, "image_seq_length")
+    return video_rows(frame_groups(ctx.n_frames, 1), grid_cells(0, 0, ctx.width, ctx.height, n, n))
 
 
 def _tiny(p, qwen3: bool = False):
@@ -80,7 +98,9 @@ def _tiny(p, qwen3: bool = False):
 FAMILY = Family(
     name="internvl", model_types=("internvl",), layers="model.language_model.layers",
     notes="448px tiles + pixel shuffle; Qwen2 (InternVL2.5/3) or Qwen3 (InternVL3.5) LM",
-    region=RegionRule("aspect-matched tiles row-major + thumbnail, pixel shuffle", _internvl_rects),
+    region=RegionRule("aspect-matched tiles row-major + thumbnail, pixel shuffle; videos: one whole-frame tile per "
+                      "frame, on the image token", _internvl_rects, video_rects=_internvl_video_rects,
+                      video_token=image_token_id_of),
     requires=("config.image_token_id", "processor.image_seq_length"),
     tiny=(TinyRecipe("internvl", _tiny, "InternVLForConditionalGeneration", image_tokens=20),
           TinyRecipe("internvl3_5", lambda p: _tiny(p, qwen3=True), "InternVLForConditionalGeneration",

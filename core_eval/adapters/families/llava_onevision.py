@@ -14,8 +14,14 @@ From ``LlavaOnevisionModel.pack_image_features`` / ``get_image_features`` and
 - Several images in one prompt: each is padded to a square (``image_mean`` fill, centred), resized to
   ``size`` and gives only the base grid, followed by one ``image_newline``.
 
-The newline tokens are visual (image-token id) but map to no patch, as for LLaVA-NeXT. Video tokens
-(``video_token_id``: pooled frames + one newline) are visual and never mapped.
+The newline tokens are visual (image-token id) but map to no patch, as for LLaVA-NeXT.
+
+Videos (``LlavaOnevisionVideoProcessor`` and ``LlavaOnevisionModel.get_video_features``): every frame is
+resized as a whole to ``size`` (no crop, aspect not kept), gives the base ``g x g`` patch grid, which
+``apply_pooling`` bilinearly resizes to ``ceil(g / 2)`` per side (``align_corners=False`` samples each
+output cell's centre exactly, so pooled token ``(i, j)`` covers the cell ``(i, j)`` of a regular
+``ceil(g / 2)`` grid over the frame); frames follow each other, then one ``image_newline`` (no patch)
+ends the video. All of them carry ``video_token_id``.
 """
 
 from __future__ import annotations
@@ -31,7 +37,8 @@ from core_eval.adapters.families.llava_next import (
     anyres_axes, base_cells,
 )
 from core_eval.adapters.regions import (
-    ImageContext, RegionMappingError, RegionRule, batch_output, grid_cells, no_patch, square_side,
+    ImageContext, RegionMappingError, RegionRule, VideoContext, batch_output, frame_groups, grid_cells, no_patch,
+    square_side, video_rows,
 )
 
 ONEVISION_ASPECT = "anyres_max_3"  # tiny recipe: grids over 27 tokens (the 6x6 of a square image) are downsampled
@@ -78,17 +85,21 @@ def _square_base(ctx: ImageContext, g: int) -> torch.Tensor:
     return grid_cells(ox * sx - px, oy * sy - py, (fw + ox) * sx - px, (fh + oy) * sy - py, g, g)
 
 
-def _onevision_rects(ctx: ImageContext) -> torch.Tensor:
-    """LLaVA-OneVision: alone in its prompt, base grid then the unpadded high-res grid (downsampled past
-    ``anyres_max_N``) with a no-patch newline after each row; among several images, the padded-square
-    base grid and one newline. ``batch_num_images`` (batch outputs) tells which; without it: alone."""
-    p = ctx.processor
+def _check_full_strategy(p) -> None:
     if getattr(p, "vision_feature_select_strategy", None) == "default":
         raise RegionMappingError(
             "llava_onevision: vision_feature_select_strategy='default' drops one token per frame, which "
             "LlavaOnevisionModel.pack_image_features cannot reshape into its patch grid; use 'full' (as the "
             "released checkpoints do)"
         )
+
+
+def _onevision_rects(ctx: ImageContext) -> torch.Tensor:
+    """LLaVA-OneVision: alone in its prompt, base grid then the unpadded high-res grid (downsampled past
+    ``anyres_max_N``) with a no-patch newline after each row; among several images, the padded-square
+    base grid and one newline. ``batch_num_images`` (batch outputs) tells which; without it: alone."""
+    p = ctx.processor
+    _check_full_strategy(p)
     g = square_side(p.num_image_tokens, "num_image_tokens")
     if _in_multi_image_prompt(ctx):
         return torch.cat([_square_base(ctx, g), no_patch(1)])
@@ -100,6 +111,18 @@ def _onevision_rects(ctx: ImageContext) -> torch.Tensor:
         (y0, y1), (x0, x1) = _resample_edges(y0, y1, int(h // ratio)), _resample_edges(x0, x1, int(w // ratio))
     high = _with_newlines(_cells((y0, y1), (x0, x1)), len(y0))
     return torch.cat([base_cells(ctx, (g, g), frame), high])
+
+
+def _onevision_video_rects(ctx: VideoContext) -> torch.Tensor:
+    """LLaVA-OneVision videos: per frame, the whole frame as a regular ``ceil(g / 2)`` grid (pooled base
+    grid, ``g^2 = num_image_tokens``), row-major, frames in order; then one no-patch newline."""
+    _check_full_strategy(ctx.processor)
+    if ctx.setting("do_center_crop"):
+        raise RegionMappingError("llava_onevision: a video processor with do_center_crop=True is not mapped "
+                                 "(the released checkpoints resize whole frames); set do_center_crop=False")
+    side = math.ceil(square_side(ctx.processor.num_image_tokens, "num_image_tokens") / 2)
+    cells = grid_cells(0, 0, ctx.width, ctx.height, side, side)
+    return torch.cat([video_rows(frame_groups(ctx.n_frames, 1), cells), no_patch(1, columns=6)])
 
 
 def _video_tokens(processor) -> tuple[int, ...]:
@@ -149,8 +172,9 @@ FAMILY = Family(
     video_token_fields=("video_token_id",),
     notes="anyres tiles + newline per row, grid downsampled to anyres_max_N; multi-image: base only",
     region=RegionRule("base image, then unpadded anyres grid [bilinearly downsampled] with a no-patch newline per "
-                      "row; multi-image: padded square base + newline", _onevision_rects,
-                      extra_visual_tokens=_video_tokens),
+                      "row; multi-image: padded square base + newline; videos: pooled base grid per frame + one "
+                      "newline", _onevision_rects, extra_visual_tokens=_video_tokens,
+                      video_rects=_onevision_video_rects),
     requires=(*ANYRES_REQUIRES, "config.video_token_id", "processor.num_image_tokens",
               "processor.vision_aspect_ratio"),
     tiny=(TinyRecipe("llava_onevision", _tiny, "LlavaOnevisionForConditionalGeneration", image_tokens=37),),

@@ -5,7 +5,10 @@ from __future__ import annotations
 import torch
 
 from core_eval.adapters.base import Family, TinyRecipe
-from core_eval.adapters.regions import ImageContext, RegionRule, batch_output, grid_cells, size_get
+from core_eval.adapters.regions import (
+    ImageContext, RegionMappingError, RegionRule, VideoContext, batch_output, frame_groups, grid_cells, size_get,
+    video_rows,
+)
 
 QWEN_PATCH, QWEN_MERGE = 14, 2  # tiny recipe: tokens = (H/28)*(W/28), pixels in [28*28, 112*112] -> 1..16
 QWEN_MIN_PIXELS, QWEN_MAX_PIXELS = 28 * 28, 112 * 112
@@ -33,14 +36,44 @@ def _qwen_rects(ctx: ImageContext) -> torch.Tensor:
     return grid_cells(0, 0, ctx.width, ctx.height, gh // m, gw // m).repeat(t, 1)
 
 
+def grid_video_rects(ctx: VideoContext, family: str) -> torch.Tensor:
+    """Qwen-VL / GLM-4.1V videos: every frame resized as a whole (``smart_resize``) -> a ``(t, h, w)``
+    patch grid read from ``video_grid_thw`` (row ``index``), ``temporal_patch_size`` consecutive frames per
+    temporal step (the processor's ``patchify`` pads the last step by repeating the last frame). Per step,
+    one token per ``merge_size x merge_size`` block, row-major over the merged grid; step ``s`` covers
+    frames ``[s tp, min((s + 1) tp, n_frames))``.
+    """
+    grid = batch_output(ctx.outputs, "video_grid_thw")
+    if grid is None:
+        raise RegionMappingError(f"{family}: mapping video tokens needs the processor's video_grid_thw; pass the "
+                                 "batch outputs the video tokens came from")
+    m, tp = int(ctx.setting("merge_size")), int(ctx.setting("temporal_patch_size"))
+    t, gh, gw = (int(v) for v in grid[ctx.index])
+    groups = frame_groups(ctx.n_frames, tp)
+    if len(groups) != t:
+        raise RegionMappingError(
+            f"{family}: video {ctx.index} has {ctx.n_frames} frames, i.e. {len(groups)} temporal patches of {tp}, but "
+            f"video_grid_thw says t={t}: the processor resampled the frames (pass do_sample_frames=False, as "
+            "core_eval.prompting does)"
+        )
+    return video_rows(groups, grid_cells(0, 0, ctx.width, ctx.height, gh // m, gw // m))
+
+
+def _qwen_video_rects(ctx: VideoContext) -> torch.Tensor:
+    """Qwen2-VL / 2.5-VL / 3-VL videos (see :func:`grid_video_rects`); Qwen3-VL's per-step ``<t seconds>``
+    timestamps and vision start / end tokens between the steps are text, not video tokens."""
+    return grid_video_rects(ctx, "qwen")
+
+
 def qwen_video_tokens(processor) -> tuple[int, ...]:
     vid = getattr(processor, "video_token_id", None)
     return () if vid is None else (int(vid),)
 
 
 #: The region rule of the Qwen-VL families (merge geometry shared by 2-VL, 2.5-VL and 3-VL).
-QWEN_REGION = RegionRule("smart_resize -> image_grid_thw -> merged blocks, row-major", _qwen_rects,
-                         extra_visual_tokens=qwen_video_tokens)
+QWEN_REGION = RegionRule("smart_resize -> image_grid_thw -> merged blocks, row-major; videos: per temporal patch "
+                         "of 2 frames, the same blocks", _qwen_rects, extra_visual_tokens=qwen_video_tokens,
+                         video_rects=_qwen_video_rects)
 QWEN_REQUIRES = ("config.image_token_id", "config.video_token_id", "processor.image_processor.merge_size",
                  "processor.image_processor.patch_size")
 

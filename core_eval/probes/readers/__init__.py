@@ -6,6 +6,7 @@
   through ``datasets.load_dataset``: RefCOCO / RefCOCO+ / RefCOCOg as published
   (:mod:`.refcoco`), documents with page images (:mod:`.documents`), or core_eval's own columns;
 - ``coco:<instances.json>``: COCO-format annotations + an image folder (:mod:`.coco`);
+- ``video:<rows.jsonl>``: video grounding rows, VidSTG-style tubes (:mod:`.video`, ``docs/probe_data_video.md``);
 - a JSONL path (:mod:`core_eval.probes.jsonl`).
 
 Shared: strict box parsing (:mod:`.boxes`), question templates (:mod:`.templates`), lazily decoded
@@ -21,11 +22,11 @@ from core_eval.probes.types import ProbeArgumentError
 
 __all__ = ["SOURCE_PREFIXES", "is_source", "read_source", "check_options", "pick_rows"]
 
-SOURCE_PREFIXES = ("hf:", "coco:")
+SOURCE_PREFIXES = ("hf:", "coco:", "video:")
 
 
 def is_source(name: str) -> bool:
-    """Whether a ``--probes`` value names a dataset source (``hf:...`` / ``coco:...``)."""
+    """Whether a ``--probes`` value names a dataset source (``hf:...`` / ``coco:...`` / ``video:...``)."""
     return isinstance(name, str) and name.startswith(SOURCE_PREFIXES)
 
 
@@ -48,7 +49,7 @@ def pick_rows(total: int, n: int | None, shuffle: bool, seed: int) -> list[int]:
 
 
 def read_source(name: str, n: int | None = None, seed: int = 0, *, image_root=None, **options):
-    """Samples of a ``hf:`` / ``coco:`` source (``options``: the reader's options, e.g. ``template``)."""
+    """Samples of a ``hf:`` / ``coco:`` / ``video:`` source (``options``: the reader's options, e.g. ``template``)."""
     if name.startswith("hf:"):
         from core_eval.probes.readers.refcoco import read_hf
 
@@ -57,4 +58,8 @@ def read_source(name: str, n: int | None = None, seed: int = 0, *, image_root=No
         from core_eval.probes.readers.coco import read_coco
 
         return read_coco(name[len("coco:"):], n=n, seed=seed, image_root=image_root, **options)
+    if name.startswith("video:"):
+        from core_eval.probes.readers.video import read_video_probes
+
+        return read_video_probes(name[len("video:"):], n, video_root=image_root, **options)
     raise ProbeArgumentError(f"{name!r} is not a data source; use one of {', '.join(p + '...' for p in SOURCE_PREFIXES)}")
