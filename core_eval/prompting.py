@@ -58,11 +58,11 @@ def video_kwargs(processor, samples: Sequence) -> dict:
     if not videos:
         return {}
     if getattr(processor, "video_processor", None) is None:
-        from core_eval.adapters import bound_family, registered_families
+        from core_eval.adapters import bound_family
+        from core_eval.adapters.regions import families_with_video_rule
 
         fam = bound_family(processor)
-        with_video = sorted(n for n, f in registered_families().items()
-                            if f.region is not None and f.region.video_rects is not None)
+        with_video = families_with_video_rule()
         raise ValueError(
             f"sample {getattr(samples[0], 'id', 0)!r} has a video, but this {type(processor).__name__}"
             f"{f' (family {fam.name})' if fam else ''} has no video processor: score video probes on a family "

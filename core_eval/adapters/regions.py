@@ -322,6 +322,13 @@ def _family(family: Any, processor: Any = None):
     raise TypeError(f"family must be a Family, its name, a ModelAdapter or a model config, got {family!r}")
 
 
+def families_with_video_rule() -> list[str]:
+    """Names of the registered families whose region rule maps video tokens, sorted."""
+    from core_eval.adapters.base import registered_families
+
+    return sorted(n for n, f in registered_families().items() if f.region is not None and f.region.video_rects is not None)
+
+
 def region_rule(family: Any) -> RegionRule:
     """The :class:`RegionRule` of a family (see :func:`_family` for what ``family`` may be), or a clear error."""
     from core_eval.adapters.base import registered_families
@@ -339,13 +346,10 @@ def region_rule(family: Any) -> RegionRule:
 
 def video_rule(family: Any) -> RegionRule:
     """The :class:`RegionRule` of a family that maps videos (``video_rects``), or a clear error."""
-    from core_eval.adapters.base import registered_families
-
     fam = _family(family)
     rule = region_rule(fam)
     if rule.video_rects is None:
-        with_rule = sorted(n for n, f in registered_families().items()
-                           if f.region is not None and f.region.video_rects is not None)
+        with_rule = families_with_video_rule()
         raise RegionMappingError(
             f"family {fam.name!r} has no video-to-token mapping (its processor takes no video, or core_eval does not "
             f"map its video tokens), so video probes cannot be scored on it. Families with one: "
