@@ -49,6 +49,13 @@ def _tiny(args) -> int:
 
 
 def _tasks_path(args) -> int:
+    if args.harness == "lmms-eval":
+        from core_eval.integrations.lmms_eval_tasks import write_tasks
+
+        print(write_tasks(args.dir))
+        return 0
+    if args.dir:
+        raise SystemExit("core-eval tasks-path: --dir is for --harness lmms-eval (the lm-eval tasks ship with the package)")
     from core_eval.resources import tasks_dir
 
     print(tasks_dir())
@@ -124,8 +131,12 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--out", required=True)
     t.add_argument("--seed", type=int, default=0)
     t.set_defaults(fn=_tiny)
-    sub.add_parser("tasks-path", help="print the lm-eval task folder (for --include_path)").set_defaults(
-        fn=_tasks_path)
+    tp = sub.add_parser("tasks-path", help="print the probe task folder of lm-eval or lmms-eval (for --include_path)")
+    tp.add_argument("--harness", choices=("lm-eval", "lmms-eval"), default="lm-eval",
+                    help="lm-eval: the shipped task_configs/; lmms-eval: the same tasks (plus video) in lmms-eval's "
+                         "format, written once to a cache folder")
+    tp.add_argument("--dir", default=None, help="lmms-eval: write the task folder here instead of the cache")
+    tp.set_defaults(fn=_tasks_path)
     from core_eval.loading import add_family_argument
     from core_eval.probes import add_probe_arguments
 

@@ -41,6 +41,8 @@ def coerce(key: str, value, typ: type, help_: str):
         raise ModelArgsError(f"{key}={value!r} is not a valid bool ({help_})")
     if typ is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if typ is int and isinstance(value, float) and not value.is_integer():  # never round 2.5 to 2
+        raise ModelArgsError(f"{key}={value!r} is not a valid int ({help_})")
     try:
         return typ(value) if typ is not str else str(value)
     except (TypeError, ValueError):

@@ -1,4 +1,5 @@
-"""Turn RUN arguments into :class:`~core_eval.report.run.Run` objects (lm-eval or VLMEvalKit, detected)."""
+"""Turn RUN arguments into :class:`~core_eval.report.run.Run` objects (lm-eval, lmms-eval or VLMEvalKit,
+detected)."""
 
 from __future__ import annotations
 
@@ -8,10 +9,11 @@ from typing import Iterable
 
 from core_eval.report.errors import EmptyRunError
 from core_eval.report.lm_eval_reader import find_results, read_lm_eval, split_run_arg
+from core_eval.report.lmms_eval_reader import find_lmms_results, read_lmms_eval
 from core_eval.report.run import Run
 from core_eval.report.vlmeval_reader import is_vlmeval_dir, read_vlmeval
 
-SOURCES = ("auto", "lm_eval", "vlmeval")
+SOURCES = ("auto", "lm_eval", "lmms_eval", "vlmeval")
 
 
 def load_run(arg: str | os.PathLike | Run, *, source: str = "auto", timestamp: str | None = None,
@@ -32,17 +34,23 @@ def _load_run(arg, *, source: str, timestamp: str | None, all_results: bool) -> 
         return read_lm_eval(arg, timestamp=timestamp, all_results=all_results)
     if source == "vlmeval":
         return read_vlmeval(arg, eval_id=timestamp)
+    if source == "lmms_eval":
+        return read_lmms_eval(arg)
     path, _ = split_run_arg(arg)
+    lmms = read_lmms_eval(path) if path.exists() and find_lmms_results(path) else []
     try:
         find_results(arg, timestamp=timestamp, all_results=all_results)
     except EmptyRunError as lm_error:
+        if lmms:
+            return lmms
         if path.exists() and is_vlmeval_dir(path):
             return read_vlmeval(arg, eval_id=timestamp)
         if path.is_dir() and not any(path.iterdir()):
             raise EmptyRunError(f"{path}: empty folder (no lm-eval or VLMEvalKit output)") from None
         raise EmptyRunError(f"{lm_error} Nor is it a VLMEvalKit work dir (WORK_DIR/<model>/[<eval_id>/]"
-                            f"<model>_<dataset>.xlsx|tsv|csv).") from None
-    return read_lm_eval(arg, timestamp=timestamp, all_results=all_results)
+                            f"<model>_<dataset>.xlsx|tsv|csv), nor an lmms-eval output folder "
+                            f"(OUTPUT_PATH/<model>/<date>_results.json).") from None
+    return lmms + read_lm_eval(arg, timestamp=timestamp, all_results=all_results)
 
 
 def load_runs(args: Iterable[str | os.PathLike | Run], **kwargs) -> list[Run]:
