@@ -224,3 +224,63 @@ def test_the_reporter_reads_lmms_eval_folders(runs):
     em = top.samples[(top.samples.task == "core_grid_needle") & (top.samples.metric == "exact_match")]
     assert len(em) == LIMIT and em.prompt_hash.str.startswith("grid_needle-s1000-").all()
     assert set(top.metrics.metric) == {"exact_match", "relaxed_match"}  # no *_stderr_clt rows
+
+
+# ----------------------------------------------------------------------------- every base
+
+@pytest.mark.parametrize("family,base", [("qwen2_5_vl", "qwen2_5_vl"), ("qwen3_vl", "qwen3_vl"),
+                                         ("llava", "llava_hf"), ("llava_onevision", "llava_onevision"),
+                                         ("idefics3", "auto")])
+def test_each_base_carries_the_intervention_core_eval_load_applies(tiny_dir, family, base):
+    """The base class loads the weights; the model it runs then gives core_eval.load's logits."""
+    import torch
+
+    import core_eval
+    from core_eval.integrations.lmms_eval import CoreLMMS
+    from core_eval.testing import example_inputs
+
+    d = tiny_dir(family)
+    lm = CoreLMMS(pretrained=str(d), base=base, device="cpu", device_map="cpu", heads="0:1;1:0", ablation="zero") \
+        if base != "auto" else CoreLMMS(pretrained=str(d), base=base, device="cpu", heads="0:1;1:0", ablation="zero")
+    assert lm.core_summary["n_heads"] == 2 and lm.core_summary["base"]["name"] == base
+    ref = core_eval.load(d, heads="0:1;1:0", ablation="zero", dtype=lm._model.dtype)
+    plain = core_eval.load(d, heads="none", dtype=lm._model.dtype)
+    inputs = example_inputs(d, batch=1, processor=ref.processor)
+    with torch.no_grad():
+        mine, theirs, none = (m(**inputs).logits.float() for m in (lm._model, ref.model, plain.model))
+    assert torch.equal(mine, theirs) and not torch.equal(mine, none)
+
+
+def test_the_auto_base_answers_image_and_video_requests(tmp_path, monkeypatch, tiny_dir):
+    """``base=auto`` (core_eval's generic class): generation through the chat template, and a
+    loglikelihood equal to the teacher-forced log-probability of the continuation."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from core_eval.integrations import lmms_eval_tasks as lt
+    from core_eval.integrations.lmms_eval import CoreLMMS
+    from core_eval.integrations.lmms_eval_auto import _Request
+    from core_eval.prompting import encode_teacher_forced
+
+    monkeypatch.setenv("CORE_EVAL_CACHE", str(tmp_path))
+    monkeypatch.setitem(lt.VIDEO_TASKS, "core_video_needle", ("video_needle", 2, 1000, {}))
+    lm = CoreLMMS(pretrained=str(tiny_dir("qwen2_5_vl")), base="auto", device="cpu", dtype="float32", heads="none")
+    for task in ("core_grid_needle", "core_video_needle"):
+        ds = lt.docs(task).select(range(2))
+        lm.task_dict = {task: {"test": ds}}
+        gen = lm.generate_until([SimpleNamespace(args=(lt.doc_to_text(ds[i]), {"until": ["\n\n"], "max_new_tokens": 4},
+                                                       lt.doc_to_visual, i, task, "test")) for i in range(2)])
+        assert len(gen) == 2 and all(isinstance(g, str) for g in gen)
+        (ll, _), = lm.loglikelihood([SimpleNamespace(args=(lt.doc_to_text(ds[0]), " red", lt.doc_to_visual, 0, task,
+                                                           "test"))])
+        req = lm._request(lt.doc_to_text(ds[0]), lt.doc_to_visual(ds[0]))
+        inputs, answer_mask, _ = encode_teacher_forced(lm.processor, [_Request(req.question, req.images, req.videos,
+                                                                                " red")])
+        with torch.no_grad():
+            logp = torch.log_softmax(lm._model(**inputs).logits[0].float(), -1)
+        pos = answer_mask[0].nonzero().flatten()
+        ref = float(logp[pos - 1, inputs["input_ids"][0, pos]].sum())
+        assert ll == pytest.approx(ref, abs=1e-4) and ll < 0
+    with pytest.raises(NotImplementedError, match="multi-round"):
+        lm.generate_until_multi_round([])

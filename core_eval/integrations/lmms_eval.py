@@ -30,14 +30,16 @@ from core_eval.options import CORE_ARGS, ModelArgsError, make_plan, parse_core_a
 
 #: ``base=`` name -> lmms-eval class (``module:Class``). OneVision / LLaVA(-NeXT) HF checkpoints
 #: run through lmms-eval's ``llava_hf`` (its ``llava_onevision`` model needs the LLaVA-NeXT repo);
-#: ``auto`` is lmms-eval's generic ``AutoModelForImageTextToText`` chat model (``huggingface``).
+#: ``auto`` is core_eval's generic ``AutoModelForImageTextToText`` model (lmms-eval's own,
+#: ``chat/huggingface.py``, loads image-text checkpoints as ``AutoModel``: see
+#: :mod:`core_eval.integrations.lmms_eval_auto`).
 BASES = {
     "qwen2_5_vl": "lmms_eval.models.simple.qwen2_5_vl:Qwen2_5_VL",
     "qwen2_vl": "lmms_eval.models.simple.qwen2_vl:Qwen2_VL",
     "qwen3_vl": "lmms_eval.models.simple.qwen3_vl:Qwen3_VL",
     "llava_hf": "lmms_eval.models.simple.llava_hf:LlavaHf",
     "llava_onevision": "lmms_eval.models.simple.llava_hf:LlavaHf",
-    "auto": "lmms_eval.models.chat.huggingface:Huggingface",
+    "auto": "core_eval.integrations.lmms_eval_auto:AutoVLM",
 }
 #: config ``model_type`` -> default ``base``.
 DEFAULT_BASE = {
@@ -100,6 +102,8 @@ def _wrapped(base_cls):
     """``base_cls`` with the intervention applied after its ``__init__`` loads the weights."""
 
     def __init__(self, *, core_plan, core_args, base_name, **kwargs):
+        if base_name == "auto":
+            kwargs["family"] = core_plan.family  # a dotted-path family=, already resolved by the plan
         base_cls.__init__(self, **kwargs)
         model = self._model
         processor = getattr(self, "processor", None) or getattr(self, "_image_processor", None)
