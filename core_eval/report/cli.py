@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-SOURCES = ("auto", "lm_eval", "vlmeval")  # as in core_eval.report.readers (kept import-free here)
+SOURCES = ("auto", "lm_eval", "lmms_eval", "vlmeval")  # as in core_eval.report.readers (kept import-free here)
 
 HELP = "compare runs against unmodified baselines: tables, plots, Markdown / CSV / HTML"
 
