@@ -60,22 +60,51 @@ def add_family_argument(parser) -> None:
     parser.add_argument("--family", default=None, help=FAMILY_HELP)
 
 
-def parse_head_list(text: str) -> list[tuple[int, int]]:
-    """Parse an explicit head list given as text: ``"1:0;2:3"`` (command-line friendly, no commas)
-    or a Python/JSON literal such as ``"[(1, 0), (2, 3)]"``."""
+HEAD_LIST_SYNTAX = "LAYER:HEAD pairs separated by ';' (e.g. 1:0;2:3)"
+
+
+def parse_head_list(text: str, *, what: str = "heads=") -> list[tuple[int, int]]:
+    """Parse an explicit head list given as text, the one syntax of every entry point:
+    ``"1:0;2:3"`` (``;`` between pairs, so it fits lm-eval's comma-separated ``--model_args``; on a
+    command line ``,`` and spaces are accepted too), or a Python/JSON literal ``"[(1, 0), (2, 3)]"``.
+    ``what`` names the argument in the error (``heads=``, ``--heads ``)."""
     import ast
+    import re
 
     t = text.strip()
     try:
         if ":" in t:
-            return [tuple(int(x) for x in part.split(":")) for part in t.replace("+", ";").split(";") if part.strip()]
+            parts = [p for p in re.split(r"[;,+\s]+", t) if p]
+            out = []
+            for part in parts:
+                layer, head = part.split(":")
+                out.append((int(layer), int(head)))
+            return out
         value = ast.literal_eval(t)
         return [tuple(int(x) for x in pair) for pair in value]
     except (ValueError, SyntaxError, TypeError):
         raise LoadError(
-            f"heads={text!r} is neither a selection rule ({', '.join(HEAD_RULES)}) nor a head list; "
-            "write heads as LAYER:HEAD pairs separated by ';' (e.g. heads=1:0;2:3)"
+            f"{what}{text!r} is neither a selection rule ({', '.join(HEAD_RULES)}) nor a head list; "
+            f"write heads as {HEAD_LIST_SYNTAX}"
         ) from None
+
+
+#: selection rules of control sets: a spec whose saved selection was made by one of these is a control file
+CONTROL_RULES = ("bottom", "random", "layer_matched_random")
+
+
+def _check_control_file(spec, heads: str, sel) -> None:
+    """A control file (a spec whose saved selection is e.g. ``select --rule random``) used with a rule
+    that re-ranks its scores would silently give other heads (the top ones for heads=top): refused."""
+    stored = spec.rule.get("rule")
+    if stored not in CONTROL_RULES or sorted(sel.heads) == sorted(spec.heads):
+        return
+    params = ", ".join(f"{k}={v}" for k, v in spec.rule.items() if k in ("frac", "k", "seed") and v is not None)
+    raise LoadError(
+        f"the head spec {spec.source or ''} holds a saved '{stored}' selection ({len(spec.heads)} heads"
+        f"{', ' + params if params else ''}: a control set, e.g. from `core-eval select --rule {stored}`), but "
+        f"heads={heads} re-ranks its scores and ignores that selection (it would give other heads). "
+        "Use heads=spec to apply the saved selection, or pass the scored spec itself for a rule.")
 
 
 def resolve_heads(
@@ -114,6 +143,7 @@ def resolve_heads(
     if heads != "threshold" and frac is None and k is None:
         frac = 0.05
     sel = spec.with_selection(heads, frac=frac, k=k, seed=seed, threshold=threshold)
+    _check_control_file(spec, heads, sel)
     return check_heads(sel.heads, shape), {**sel.rule, "n": len(sel.heads)}
 
 

@@ -14,6 +14,7 @@ requests fall back to ``hf``), text checkpoints get ``hf``.
 from __future__ import annotations
 
 import inspect
+import sys
 
 from lm_eval.api.model import LM
 from lm_eval.models.hf_vlms import HFMultimodalLM
@@ -61,6 +62,8 @@ class _CoreMixin:
         processor = getattr(self, "processor", None) or self.tokenizer
         self.core_intervention = core_plan.apply(self._model, processor)
         self.core_summary = {**self.core_intervention.summary(), "model_args": dict(core_args)}
+        if getattr(self, "_rank", 0) == 0:
+            print(self.core_intervention.one_line(), file=sys.stderr, flush=True)  # once, at start
 
     def _enable_cpu_data_parallel(self) -> None:
         """``accelerate launch -m lm_eval`` on CPU processes: split the data across ranks.

@@ -24,7 +24,7 @@ from typing import Any
 import yaml
 
 from core_eval._io import atomic_write
-from core_eval.options import ModelArgsError, args_table, coerce, make_plan, split_core_args
+from core_eval.options import ModelArgsError, args_table, coerce, make_plan, split_core_args  # noqa: F401 (make_plan re-exported)
 
 # ----------------------------------------------------------------------------- model arguments
 
