@@ -174,3 +174,6 @@ def test_lm_eval_registered_variant_by_name_with_its_option(tmp_path, tiny_dir):
     (path,) = glob.glob(str(out / "*" / "results_*.json"))
     core = json.loads(Path(path).read_text())["config"]["core_eval"]
     assert core["variant"] == {"name": "half", "kind": "ablation", "options": {"factor": 0.25}}
+    # the applied heads, once, in one line at start
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("core_eval: ")]
+    assert lines == ["core_eval: half ablation of 2 heads L0:[0] L1:[1] factor=0.25 (selection rule=explicit, n=2)"]
