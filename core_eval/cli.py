@@ -82,12 +82,14 @@ def _score(args) -> int:
 
 
 def _select(args) -> int:
+    from core_eval.cliargs import output_path
     from core_eval.spec import load_head_spec
 
+    out = output_path(args.spec, args.out, args.in_place, "select")
     spec = load_head_spec(args.spec)
     new = spec.with_selection(args.rule, frac=args.frac, k=args.k, seed=args.seed, threshold=args.threshold,
                               score=args.score)
-    path = new.write(args.out or args.spec)
+    path = new.write(out)
     print(f"wrote {path}: {args.rule} -> {len(new.heads)} heads {new.by_layer}")
     return 0
 
@@ -95,7 +97,7 @@ def _select(args) -> int:
 def _export(args) -> int:
     from core_eval.export import export_ablated
 
-    out = export_ablated(args.model, args.out, spec=args.spec, heads=args.heads, ablation=args.ablation, frac=args.frac,
+    out = export_ablated(args.model, args.out, spec=args.head_spec, heads=args.heads, ablation=args.ablation, frac=args.frac,
                          k=args.k, seed=args.seed, threshold=args.threshold, means=args.means, family=args.family,
                          overwrite=args.overwrite)
     record = json.loads((out / "core_eval_export.json").read_text())
@@ -164,19 +166,18 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--threshold", type=float, default=None)
     se.add_argument("--score", default=None, help="score array to rank (default: the spec's, usually ram)")
-    se.add_argument("--out", default=None, help="output spec (default: overwrite the input)")
+    from core_eval.cliargs import add_output_arguments
+
+    add_output_arguments(se)
     se.set_defaults(fn=_select)
     ex = sub.add_parser("export", help="write a checkpoint with the chosen heads ablated in its weights "
                                        "(zero; mean where o_proj has a bias), for engines that cannot be patched")
     ex.add_argument("--model", required=True, help="checkpoint directory or cached model id")
-    ex.add_argument("--spec", default=None, help="head spec to select from")
-    ex.add_argument("--heads", default=None, help="selection rule (top, bottom, random, ...) or LAYER:HEAD;LAYER:HEAD")
-    ex.add_argument("--frac", type=float, default=None)
-    ex.add_argument("--k", type=int, default=None)
-    ex.add_argument("--seed", type=int, default=0)
-    ex.add_argument("--threshold", type=float, default=None)
-    ex.add_argument("--ablation", default="zero", help="zero | mean")
-    ex.add_argument("--means", default=None, help="head-means file for --ablation mean")
+    from core_eval.options import add_arguments
+
+    add_arguments(ex, ["head_spec", "heads", "frac", "k", "seed", "threshold"], flags={"head_spec": "--spec"})
+    ex.add_argument("--ablation", default="zero", help="zero | mean (what the weights can hold)")
+    add_arguments(ex, ["means"])
     ex.add_argument("--out", required=True, help="folder to write the checkpoint into")
     ex.add_argument("--overwrite", action="store_true", help="replace an existing --out")
     add_family_argument(ex)

@@ -121,16 +121,10 @@ def run_demo(out_dir: str | Path = "core_eval_runs/demo", *, model_dir: str | Pa
     # 2. causal check
     t0 = _step(f"2/6 causal check: single-head ablation (exact) and attribution patching, {cfg.n_causal} probes")
     if "causal" not in (spec.extra or {}):
-        import argparse
+        from core_eval.scoring.causal import run_causal
 
-        from core_eval.scoring.causal import add_causal_parser, run_causal
-
-        parser = argparse.ArgumentParser()
-        add_causal_parser(parser.add_subparsers())
-        run_causal(parser.parse_args(["causal", "--model", str(model_dir), "--spec", str(spec_path), "--n",
-                                      str(cfg.n_causal), "--knobs", json.dumps(knobs), "--method", "both",
-                                      "--subset", "all"]))
-        spec = load_head_spec(spec_path)
+        spec = run_causal(str(model_dir), spec_path, spec_path, n=cfg.n_causal, knobs=knobs, method="both",
+                          subset="all").spec  # writes the effects into the demo's own spec
     _done(t0)
 
     # 3. selections

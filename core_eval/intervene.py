@@ -57,6 +57,25 @@ class Intervention:
             **self.provenance,
         }
 
+    def one_line(self) -> str:
+        """What was applied, in one line (printed once at start by the harness wrappers)."""
+        return summary_line(self.summary())
+
+
+def summary_line(summary: dict) -> str:
+    """``core_eval: zero ablation of 3 heads L0:[1, 2] L1:[0] (selection top k=3, spec s.json #1a2b)``."""
+    v = summary.get("variant") or {}
+    opts = {k: val for k, val in (v.get("options") or {}).items() if k != "means"}
+    what = f"{v.get('name')} {'sparse attention, full heads' if v.get('kind') == 'sparse' else 'ablation of'}"
+    layers = " ".join(f"L{k.split('_', 1)[1]}:{h}" for k, h in (summary.get("heads_per_layer") or {}).items())
+    sel = summary.get("selection") or {}
+    sel_text = ", ".join(f"{k}={val}" for k, val in sel.items() if k not in ("heads", "by_layer") and val is not None)
+    spec = summary.get("spec") or {}
+    spec_text = f", spec {spec.get('path')} #{spec.get('hash')}" if spec else ""
+    opt_text = (" " + ",".join(f"{k}={val}" for k, val in opts.items())) if opts else ""
+    return (f"core_eval: {what} {summary.get('n_heads', 0)} heads{(' ' + layers) if layers else ''}{opt_text} "
+            f"(selection {sel_text or 'none'}{spec_text})")
+
 
 def apply_intervention(
     model: torch.nn.Module,

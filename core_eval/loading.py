@@ -22,12 +22,9 @@ from core_eval.adapters import (
 )
 from core_eval.intervene import Intervention, apply_intervention, check_heads
 from core_eval.masks import Variant, make_variant
+from core_eval.options import FAMILY_HELP, HEAD_RULES, CoreArgs, LoadError, ModelArgsError
 
-HEAD_RULES = ("top", "bottom", "random", "layer_matched_random", "threshold", "spec", "none")
-
-
-class LoadError(ValueError):
-    """Bad arguments to :func:`load` (raised before any weights are read)."""
+__all__ = ["HEAD_RULES", "LoadError", "Loaded", "Plan", "load", "plan", "resolve_heads", "parse_head_list"]
 
 
 @dataclass
@@ -58,31 +55,56 @@ def load_config(pretrained: str | os.PathLike, **kwargs):
         ) from None
 
 
-FAMILY_HELP = ("model family: a registered name (core-eval families), or pkg.module:obj for a family defined "
-               "outside core_eval (default: the family of the config's model_type)")
-
-
 def add_family_argument(parser) -> None:
     """``--family`` for every command that loads a model (one declaration)."""
     parser.add_argument("--family", default=None, help=FAMILY_HELP)
 
 
-def parse_head_list(text: str) -> list[tuple[int, int]]:
-    """Parse an explicit head list given as text: ``"1:0;2:3"`` (command-line friendly, no commas)
-    or a Python/JSON literal such as ``"[(1, 0), (2, 3)]"``."""
+HEAD_LIST_SYNTAX = "LAYER:HEAD pairs separated by ';' (e.g. 1:0;2:3)"
+
+
+def parse_head_list(text: str, *, what: str = "heads=") -> list[tuple[int, int]]:
+    """Parse an explicit head list given as text, the one syntax of every entry point:
+    ``"1:0;2:3"`` (``;`` between pairs, so it fits lm-eval's comma-separated ``--model_args``; on a
+    command line ``,`` and spaces are accepted too), or a Python/JSON literal ``"[(1, 0), (2, 3)]"``.
+    ``what`` names the argument in the error (``heads=``, ``--heads ``)."""
     import ast
+    import re
 
     t = text.strip()
     try:
         if ":" in t:
-            return [tuple(int(x) for x in part.split(":")) for part in t.replace("+", ";").split(";") if part.strip()]
+            parts = [p for p in re.split(r"[;,+\s]+", t) if p]
+            out = []
+            for part in parts:
+                layer, head = part.split(":")
+                out.append((int(layer), int(head)))
+            return out
         value = ast.literal_eval(t)
         return [tuple(int(x) for x in pair) for pair in value]
     except (ValueError, SyntaxError, TypeError):
         raise LoadError(
-            f"heads={text!r} is neither a selection rule ({', '.join(HEAD_RULES)}) nor a head list; "
-            "write heads as LAYER:HEAD pairs separated by ';' (e.g. heads=1:0;2:3)"
+            f"{what}{text!r} is neither a selection rule ({', '.join(HEAD_RULES)}) nor a head list; "
+            f"write heads as {HEAD_LIST_SYNTAX}"
         ) from None
+
+
+#: selection rules of control sets: a spec whose saved selection was made by one of these is a control file
+CONTROL_RULES = ("bottom", "random", "layer_matched_random")
+
+
+def _check_control_file(spec, heads: str, sel) -> None:
+    """A control file (a spec whose saved selection is e.g. ``select --rule random``) used with a rule
+    that re-ranks its scores would silently give other heads (the top ones for heads=top): refused."""
+    stored = spec.rule.get("rule")
+    if stored not in CONTROL_RULES or sorted(sel.heads) == sorted(spec.heads):
+        return
+    params = ", ".join(f"{k}={v}" for k, v in spec.rule.items() if k in ("frac", "k", "seed") and v is not None)
+    raise LoadError(
+        f"the head spec {spec.source or ''} holds a saved '{stored}' selection ({len(spec.heads)} heads"
+        f"{', ' + params if params else ''}: a control set, e.g. from `core-eval select --rule {stored}`), but "
+        f"heads={heads} re-ranks its scores and ignores that selection (it would give other heads). "
+        "Use heads=spec to apply the saved selection, or pass the scored spec itself for a rule.")
 
 
 def resolve_heads(
@@ -121,6 +143,7 @@ def resolve_heads(
     if heads != "threshold" and frac is None and k is None:
         frac = 0.05
     sel = spec.with_selection(heads, frac=frac, k=k, seed=seed, threshold=threshold)
+    _check_control_file(spec, heads, sel)
     return check_heads(sel.heads, shape), {**sel.rule, "n": len(sel.heads)}
 
 
@@ -193,12 +216,20 @@ def plan(
     revision: str | None = None,
     family: Any = None,
     allow_foreign_spec: bool = False,
+    **options,
 ) -> Plan:
     """Validate the intervention arguments against the checkpoint's config (no weights read).
 
-    See :func:`load` for the arguments.
+    See :func:`load` for the arguments; ``**options`` are the chosen variant's options by name
+    (``factor=0.25`` for a variant declaring ``factor``), like ``variant_options``.
     """
     from core_eval.spec import HeadSpecError, load_head_spec
+
+    args = core_args(spec=spec, heads=heads, ablation=ablation, sparse=sparse, frac=frac, k=k, seed=seed,
+                     threshold=threshold, variant_options=variant_options, means=means, means_probes=means_probes,
+                     means_n=means_n, family=family, allow_foreign_spec=allow_foreign_spec, **options)
+    spec, heads, frac, k, seed, threshold = args.head_spec, args.heads, args.frac, args.k, args.seed, args.threshold
+    variant_options, means, means_probes, means_n = args.variant_options, args.means, args.means_probes, args.means_n
 
     config = load_config(pretrained, **({"revision": revision} if revision else {}))
     try:
@@ -246,6 +277,18 @@ def plan(
 
         p.means_record = {**head_means_metadata(m, shape=shape), "path": str(m)}  # a given file: how it was computed
     return p
+
+
+def core_args(*, spec=None, variant_options=None, **kwargs) -> CoreArgs:
+    """The Python API's keyword arguments as a validated :class:`~core_eval.options.CoreArgs`:
+    the one validation every entry point shares (types, ranges, variant and its options).
+    Keywords that are not fields are the chosen variant's options by name."""
+    fields_ = {k: v for k, v in kwargs.items() if k in CoreArgs.__dataclass_fields__}
+    named = {k: v for k, v in kwargs.items() if k not in fields_}
+    both = sorted(set(named) & set(variant_options or {}))
+    if both:
+        raise ModelArgsError(f"variant option(s) {both} given both by name and in variant_options; give them once")
+    return CoreArgs(head_spec=spec, variant_options={**(variant_options or {}), **named}, **fields_)
 
 
 def _check_spec_identity(spec, spec_path, pretrained, config, family, allow: bool) -> None:
@@ -318,7 +361,9 @@ def load(
             the selected heads are the *full* (CoRe) heads, all others get the sparse pattern;
             ``variant_options`` may set ``sink``, ``window``, ``kv_policy``.
         frac / k / seed / threshold: selection size and seed for rule names (default frac 0.05).
-        variant_options: options for the variant.
+        variant_options: options for the variant; they may also be given by name
+            (``load(..., ablation="half", factor=0.25)``): a keyword the chosen variant declares
+            goes to the variant, any other goes to ``from_pretrained``.
         means: head-means file for ``mean`` (default: ``<spec>.means.safetensors``, computed on
             ``means_n`` generated ``means_probes`` samples when missing).
         family: the model family (a ``Family``, a registered name or ``"pkg.module:obj"``);
@@ -329,10 +374,13 @@ def load(
 
     Returns a :class:`Loaded` whose ``summary`` records what was applied.
     """
+    vcls = CoreArgs(ablation=ablation, sparse=sparse).variant_class() if not isinstance(ablation, Variant) else None
+    named = {k: from_pretrained_kwargs.pop(k) for k in list(from_pretrained_kwargs)
+             if vcls is not None and k in vcls.options}  # the variant's options by name; the rest is transformers'
     p = plan(pretrained, spec=spec, heads=heads, ablation=ablation, sparse=sparse, frac=frac, k=k, seed=seed,
              threshold=threshold, variant_options=variant_options, means=means,
              means_probes=means_probes, means_n=means_n, revision=revision, family=family,
-             allow_foreign_spec=allow_foreign_spec)
+             allow_foreign_spec=allow_foreign_spec, **named)
     model, processor = _from_pretrained(
         pretrained, family=p.family, dtype=dtype, device=device, revision=revision,
         attn_implementation=attn_implementation, load_processor=load_processor or p.needs_means,

@@ -477,14 +477,14 @@ def test_cli_end_to_end(tiny_dir, tmp_path, capsys):
     assert meta["exact"]["spearman_ram_logprob_drop"] == pytest.approx(
         spearman(ram, causal_scores(new, EXACT_LOGPROB)), abs=1e-9)
 
-    # mean mode with a means file, attribution only, overwriting the spec in place
+    # mean mode with a means file, attribution only, overwriting the spec in place (--in-place: never implicit)
     from core_eval.means import compute_head_means, save_head_means
     from core_eval.prompting import iter_batches
 
     means = compute_head_means(model, iter_batches(proc, samples, batch_size=4), progress=False)
     mpath = save_head_means(tmp_path / "m.safetensors", means)
     rc = _cli(["causal", "--model", str(model_dir), "--spec", str(out), "--n", "4", "--knobs", knobs,
-               "--mode", "mean", "--means", str(mpath), "--method", "attribution", "--no-progress"])
+               "--mode", "mean", "--means", str(mpath), "--method", "attribution", "--no-progress", "--in-place"])
     assert rc == 0
     again = load_head_spec(out)
     assert again.extra["causal"]["attribution"]["mode"] == "mean"
@@ -500,4 +500,4 @@ def test_cli_rejects_a_spec_of_another_shape(tiny_dir, tmp_path):
     path = spec.write(tmp_path / "s.json")
     with pytest.raises(HeadSpecError, match="does not match"):
         _cli(["causal", "--model", str(tiny_dir("llava", init_std=0.1)), "--spec", str(path), "--n", "2",
-              "--no-progress"])
+              "--no-progress", "--out", str(tmp_path / "o.json")])

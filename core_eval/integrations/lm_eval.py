@@ -2,7 +2,8 @@
 
 ``lm_eval --model core_hf --model_args pretrained=DIR,head_spec=spec.json,heads=top,frac=0.05,ablation=zero``
 
-Our arguments (:data:`CORE_ARGS`) are removed before lm-eval's ``HFLM`` sees the rest (which it
+Our arguments (the fields of :class:`core_eval.options.CoreArgs`, plus the chosen variant's own
+options by name, e.g. ``ablation=half,factor=0.25`` or ``sparse=streaming,window=64``) are removed before lm-eval's ``HFLM`` sees the rest (which it
 would pass on to ``from_pretrained``); an argument neither we nor lm-eval's HF models know is an
 error listing the valid ones. The intervention is validated (config, spec, heads, variant) before
 any weights load, applied right after, and recorded in the results JSON ``config["core_eval"]``.
@@ -13,12 +14,13 @@ requests fall back to ``hf``), text checkpoints get ``hf``.
 from __future__ import annotations
 
 import inspect
+import sys
 
 from lm_eval.api.model import LM
 from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.models.huggingface import HFLM
 
-from core_eval.options import CORE_ARGS, ModelArgsError, make_plan, parse_core_args
+from core_eval.options import ModelArgsError, make_plan, split_core_args
 
 # from_pretrained keywords commonly passed through lm-eval's model_args.
 _FROM_PRETRAINED = {
@@ -40,17 +42,10 @@ def harness_args() -> set[str]:
 
 
 def split_args(kwargs: dict) -> tuple[dict, dict]:
-    """Separate and type-check our arguments; reject unknown ones. Returns (core, harness)."""
-    core = {k: kwargs[k] for k in kwargs if k in CORE_ARGS}
-    rest = {k: v for k, v in kwargs.items() if k not in CORE_ARGS}
-    unknown = sorted(set(rest) - harness_args())
-    if unknown:
-        ours = ", ".join(f"{k} ({h})" for k, (_, h) in CORE_ARGS.items())
-        raise ModelArgsError(
-            f"core_hf: unknown model_args {unknown}. core_eval arguments: {ours}. lm-eval's hf / "
-            f"hf-multimodal arguments: {', '.join(sorted(harness_args()))}."
-        )
-    core = parse_core_args(core)
+    """Separate and type-check our arguments (and the chosen variant's options); reject unknown
+    ones, listing every valid name. Returns (core, harness)."""
+    core, rest = split_core_args(kwargs, harness=harness_args(), where="core_hf",
+                                 harness_name="lm-eval's hf / hf-multimodal")
     if "pretrained" not in rest:
         raise ModelArgsError("core_hf: model_args needs pretrained=PATH_OR_ID")
     return core, rest
@@ -67,6 +62,8 @@ class _CoreMixin:
         processor = getattr(self, "processor", None) or self.tokenizer
         self.core_intervention = core_plan.apply(self._model, processor)
         self.core_summary = {**self.core_intervention.summary(), "model_args": dict(core_args)}
+        if getattr(self, "_rank", 0) == 0:
+            print(self.core_intervention.one_line(), file=sys.stderr, flush=True)  # once, at start
 
     def _enable_cpu_data_parallel(self) -> None:
         """``accelerate launch -m lm_eval`` on CPU processes: split the data across ranks.

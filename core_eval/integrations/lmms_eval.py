@@ -6,8 +6,9 @@ lmms-eval (0.7.3) finds the model through the ``lmms_eval.models`` entry point
 (:func:`manifests`), so a plain ``pip install`` is enough. ``base=`` picks the lmms-eval class
 that loads and runs the checkpoint (:data:`BASES`; by default from the config's ``model_type``);
 its requests (images, videos, multi-round) go through that class unchanged, so ``heads=none``
-gives exactly that model's outputs. Our arguments are the same table as lm-eval's ``core_hf``
-(:data:`core_eval.options.CORE_ARGS`): they are removed and validated (config, spec, heads,
+gives exactly that model's outputs. Our arguments are the same as lm-eval's ``core_hf`` (the
+fields of :class:`core_eval.options.CoreArgs`, plus the chosen variant's own options by name): they
+are removed and validated (config, spec, heads,
 variant) before any weights load; an argument neither we nor the base class know is an error
 listing both. The intervention is applied to the base's ``_model`` right after it loads.
 
@@ -26,7 +27,7 @@ import inspect
 
 from lmms_eval.api.model import lmms
 
-from core_eval.options import CORE_ARGS, ModelArgsError, make_plan, parse_core_args
+from core_eval.options import ModelArgsError, make_plan, split_core_args
 
 #: ``base=`` name -> lmms-eval class (``module:Class``). OneVision / LLaVA(-NeXT) HF checkpoints
 #: run through lmms-eval's ``llava_hf`` (its ``llava_onevision`` model needs the LLaVA-NeXT repo);
@@ -73,28 +74,22 @@ def _params(cls) -> set[str]:
 
 
 def split_args(kwargs: dict) -> tuple[dict, str, dict]:
-    """``(core args, base name, base args)``; validates ours and rejects keys nobody takes."""
-    kwargs = dict(kwargs)
+    """``(core args, base name, base args)``: our arguments (and the chosen variant's options)
+    validated, and every key neither we nor the base class take refused with both lists."""
     if not kwargs.get("pretrained"):
         raise ModelArgsError("core: model_args needs pretrained=PATH_OR_ID")
-    core = parse_core_args({k: v for k, v in kwargs.items() if k in CORE_ARGS})
-    rest = {k: v for k, v in kwargs.items() if k not in CORE_ARGS}
-    base = rest.pop("base", None)
+    base = kwargs.get("base")
     if base is None:
         from core_eval.loading import load_config
 
-        model_type = getattr(load_config(rest["pretrained"]), "model_type", None)
-        base = DEFAULT_BASE.get(model_type, "auto")
+        base = DEFAULT_BASE.get(getattr(load_config(kwargs["pretrained"]), "model_type", None), "auto")
     if base not in BASES:
         raise ModelArgsError(f"core: base={base!r} is not one of {', '.join(BASES)}")
     accepted = _params(base_class(base)) | _HARNESS_KEYS
-    unknown = sorted(set(rest) - accepted)
-    if unknown:
-        ours = ", ".join(f"{k} ({h})" for k, (_, h) in CORE_ARGS.items())
-        raise ModelArgsError(
-            f"core: unknown model_args {unknown}. core_eval arguments: {ours}; base ({', '.join(BASES)}); "
-            f"arguments of base={base} ({BASES[base]}): {', '.join(sorted(accepted))}.")
-    return core, base, {k: v for k, v in rest.items() if k in accepted}
+    core, rest = split_core_args(kwargs, harness=accepted | {"base"}, where="core",
+                                 harness_name=f"base={base} ({BASES[base]}) and base ({', '.join(BASES)})")
+    rest.pop("base", None)
+    return core, base, rest
 
 
 @functools.cache

@@ -9,6 +9,8 @@ local pattern: their cache already holds only the window.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from core_eval.attention.cache_kwarg import cache_in, cache_kwarg
@@ -68,6 +70,7 @@ class SparseVariant(Variant):
         self.hybrid_layers = sorted(hybrid)
         if not hybrid:
             return
+        patcher.model_pre_hook(self._warn_if_window_covers_prompt)
         config = patcher.model.config
 
         def wrapper(generate):
@@ -82,6 +85,26 @@ class SparseVariant(Variant):
             return hybrid_generate
 
         patcher.wrap_generate(wrapper)
+
+    def _warn_if_window_covers_prompt(self, module, args, kwargs) -> None:
+        """Once, at the first prefill: sink + window >= the prompt length means every sparse head
+        still sees every key of that prompt, so hybrid sparse attention changes nothing."""
+        if getattr(self, "_window_checked", False):
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        if ids is None:
+            ids = kwargs.get("inputs_embeds")
+        if ids is None or ids.dim() < 2 or ids.shape[1] < 2:
+            return
+        self._window_checked = True
+        length = int(ids.shape[1])
+        span = self.config["sink"] + self.config["window"]
+        if span >= length:
+            warnings.warn(
+                f"sparse={self.name}: sink ({self.config['sink']}) + window ({self.config['window']}) = {span} is at "
+                f"least the prompt length ({length} tokens), so every sparse head still sees every key and the "
+                f"sparse heads change nothing. Use a smaller window (window=N with sink + N well below {length}).",
+                UserWarning, stacklevel=2)
 
     def describe(self):
         d = super().describe()

@@ -154,6 +154,15 @@ class Patcher:
         perm = permute_layer(self.adapter.attention(layer), full_kv, s.num_kv_heads, s.groups, s.head_dim, names)
         self._permuted.append((layer, perm))
 
+    def model_pre_hook(self, fn: Callable) -> None:
+        """``fn(module, args, kwargs)`` before every forward of the whole model (prefill and each
+        decode step); for checks only (its return value is ignored). Removed by remove()."""
+
+        def hook(module, args, kwargs):
+            fn(module, args, kwargs)
+
+        self._handles.append(self.model.register_forward_pre_hook(hook, with_kwargs=True))
+
     def wrap_generate(self, wrapper) -> None:
         """``model.generate = wrapper(original_generate)`` until remove()."""
         if "generate" in self.model.__dict__:

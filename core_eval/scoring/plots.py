@@ -410,7 +410,8 @@ def add_plot_parser(subparsers) -> Any:
                         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     ov.add_argument("--model", required=True, help="checkpoint directory or cached model id")
     ov.add_argument("--spec", default=None, help="scored head spec: draws its top --k heads by --score")
-    ov.add_argument("--heads", default=None, help="explicit heads instead of the spec's top k, e.g. '3:1,5:0'")
+    ov.add_argument("--heads", default=None, help="explicit heads instead of the spec's top k, LAYER:HEAD pairs "
+                                                  "separated by ';' as in core_hf's heads=, e.g. '3:1;5:0'")
     ov.add_argument("--index", type=int, default=0, help="which sample of the probe set")
     add_probe_arguments(ov)
     add_family_argument(ov)
@@ -425,17 +426,18 @@ def add_plot_parser(subparsers) -> Any:
     return p
 
 
-def _parse_heads(text: str) -> list[tuple[int, int]]:
-    out = []
-    for part in text.replace(" ", "").split(","):
-        if not part:
-            continue
-        try:
-            l, h = part.replace("-", ":").split(":")
-            out.append((int(l), int(h)))
-        except ValueError:
-            raise ValueError(f"--heads {text!r}: write layer:head pairs separated by commas, e.g. '3:1,5:0'") from None
-    return out
+def _parse_heads(text: str, shape=None) -> list[tuple[int, int]]:
+    """``--heads``: the head-list syntax of every entry point (``3:1;5:0``, see
+    :func:`core_eval.loading.parse_head_list`), checked against ``shape`` when given."""
+    from core_eval.intervene import check_heads
+    from core_eval.loading import parse_head_list
+
+    heads = parse_head_list(text, what="--heads ")
+    if not heads:
+        raise ValueError(f"--heads {text!r} names no head; write e.g. '3:1;5:0'")
+    if shape is not None:
+        check_heads(heads, shape)  # range errors name the model's shape; the panels keep the given order
+    return heads
 
 
 def run_plot(args) -> int:
@@ -461,12 +463,15 @@ def run_plot(args) -> int:
     if args.index < 0:
         raise ValueError(f"--index {args.index} must be >= 0")
     knobs = json.loads(args.knobs)
-    loaded = load(args.model, heads="none", dtype=args.dtype, device=args.device, family=args.family)
-    from core_eval.adapters import adapter_for
+    # everything that can fail without weights fails first: head list, spec shape
+    from core_eval.loading import plan
 
-    shape = adapter_for(loaded.model).shape
+    shape = plan(args.model, heads="none", family=args.family).shape
     spec = load_head_spec(args.spec, shape=shape) if args.spec is not None else None
-    heads = _parse_heads(args.heads) if args.heads is not None else top_heads(spec, args.k, args.score)
+    heads = _parse_heads(args.heads, shape) if args.heads is not None else top_heads(spec, args.k, args.score)
+    if len(heads) > MAX_PANELS:
+        raise ValueError(f"--heads names {len(heads)} heads; an overlay figure holds at most {MAX_PANELS}")
+    loaded = load(args.model, heads="none", dtype=args.dtype, device=args.device, family=args.family)
     samples = load_probe(args.probes, n=args.index + 1, seed=args.seed, image_root=args.image_root, **knobs)
     if args.index >= len(samples):
         raise ValueError(f"--index {args.index}: the probe set has {len(samples)} samples")

@@ -262,12 +262,13 @@ def _rewrite_config(path: str, work_dir: Path) -> tuple[str, list[str], list[str
 # ----------------------------------------------------------------------------- command line
 
 def _parser() -> argparse.ArgumentParser:
-    table = {**LOAD_ARGS, **core_args_table()}
+    from core_eval.options import help_text
+
     p = argparse.ArgumentParser(
         prog="core-vlmeval",
         description="Run VLMEvalKit with core_eval interventions and probe datasets. Arguments not listed here "
                     "(--verbose, --first-n, --reuse, ...) go to VLMEvalKit's runner.",
-        epilog="model args: " + "; ".join(f"{k}: {h}" for k, (_, h) in table.items())
+        epilog="model args: " + "; ".join(f"{k}: {h}" for k, (_, h) in LOAD_ARGS.items()) + "; " + help_text()
                + ". Datasets: " + ", ".join(dataset_names()) + "; groups: " + ", ".join(dataset_groups())
                + " (suffixes -n<N>, -s<SEED>).",
     )

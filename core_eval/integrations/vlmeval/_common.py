@@ -24,11 +24,11 @@ from typing import Any
 import yaml
 
 from core_eval._io import atomic_write
-from core_eval.options import CORE_ARGS, ModelArgsError, coerce, make_plan
+from core_eval.options import ModelArgsError, args_table, coerce, make_plan, split_core_args  # noqa: F401 (make_plan re-exported)
 
 # ----------------------------------------------------------------------------- model arguments
 
-#: Wrapper arguments besides the intervention's (``CORE_ARGS``). name -> (type, help).
+#: Wrapper arguments besides the intervention's (:class:`core_eval.options.CoreArgs`). name -> (type, help).
 LOAD_ARGS: dict[str, tuple[type, str]] = {
     "pretrained": (str, "checkpoint directory or cached model id (required)"),
     "dtype": (str, "auto | float32 | bfloat16 | float16 (default: transformers' default)"),
@@ -47,8 +47,8 @@ IDENTITY_LOAD_ARGS = ("pretrained", "dtype", "revision", "attn_implementation", 
 
 
 def core_args_table() -> dict[str, tuple[type, str]]:
-    """The intervention arguments shared with lm-eval's ``core_hf`` (one list for both harnesses)."""
-    return CORE_ARGS
+    """The intervention arguments shared with lm-eval's ``core_hf`` (derived from ``CoreArgs``)."""
+    return args_table()
 
 
 def parse_arg_string(text: str | None) -> dict[str, str]:
@@ -74,17 +74,10 @@ def split_model_args(args: dict | str) -> tuple[dict, dict]:
     listing the valid ones. ``args`` is a dict or a ``KEY=VALUE,...`` string."""
     if isinstance(args, str):
         args = parse_arg_string(args)
-    table = core_args_table()
-    core, load = {}, {}
-    unknown = sorted(set(args) - set(table) - set(LOAD_ARGS))
-    if unknown:
-        ours = "; ".join(f"{k} ({h})" for k, (_, h) in {**LOAD_ARGS, **table}.items())
-        raise ModelArgsError(f"core VLMEvalKit model: unknown argument(s) {unknown}. Valid: {ours}")
-    for key, value in args.items():
-        if key in table:
-            core[key] = coerce(key, value, *table[key])
-        else:
-            load[key] = coerce(key, value, *LOAD_ARGS[key])
+    core, rest = split_core_args(args, harness=LOAD_ARGS, where="core VLMEvalKit model",
+                                 harness_help={k: h for k, (_, h) in LOAD_ARGS.items()},
+                                 harness_name="wrapper (loading)", noun="argument(s)")
+    load = {key: coerce(key, value, *LOAD_ARGS[key]) for key, value in rest.items()}
     if not load.get("pretrained"):
         raise ModelArgsError("core VLMEvalKit model: needs pretrained=PATH_OR_ID")
     return core, load

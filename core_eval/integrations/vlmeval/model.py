@@ -10,6 +10,7 @@ after; generation is greedy, one sample at a time, through the processor's chat 
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 from vlmeval.vlm.base import BaseModel
@@ -61,6 +62,7 @@ class CoreVLM(BaseModel):
             device=device, revision=load.get("revision"),
             attn_implementation=load.get("attn_implementation") or "sdpa", load_processor=True)
         self.core_intervention = self.core_plan.apply(self.model, self.processor)
+        print(self.core_intervention.one_line(), file=sys.stderr, flush=True)  # once, at start
         self.tokenizer = getattr(self.processor, "tokenizer", self.processor)
         self.text_only = not hasattr(self.processor, "image_processor")
         self.max_new_tokens = load.get("max_new_tokens")
