@@ -3,10 +3,11 @@
 lm-eval 0.4.x writes ``DIR/<model_sanitized>/results_<ts>.json`` and, with ``--log_samples``,
 ``samples_<task>_<ts>.jsonl`` next to it (one row per document and filter). A RUN may be the
 ``--output_path`` root, a model folder, a parent of several roots, or one results file; append
-``@TIMESTAMP`` (a prefix of ``<ts>``) to a folder to pick an older results file. Runs that differ
-only in their mask land in the same model folder: the newest results file is taken unless
-``all_results=True`` (a note says how many were passed over). The intervention is read from
-``config["core_eval"]`` (absent for plain ``hf`` / ``hf-multimodal`` runs: a baseline).
+``@TIMESTAMP`` (a prefix of ``<ts>``) to a folder to pick one results file. Runs that differ only
+in their mask land in the same model folder (lm-eval's own layout), so **every** results file of
+every folder is read, and each is one run, identified by the intervention it recorded in
+``config["core_eval"]`` (absent for plain ``hf`` / ``hf-multimodal`` runs: a baseline), not by its
+folder. ``all_results=False`` restores the old newest-file-per-folder behaviour (with a note).
 """
 
 from __future__ import annotations
@@ -63,7 +64,7 @@ def result_folders(root: Path) -> list[Path]:
 
 
 def find_results(path: str | os.PathLike, *, timestamp: str | None = None,
-                 all_results: bool = False) -> tuple[list[Path], list[str]]:
+                 all_results: bool = True) -> tuple[list[Path], list[str]]:
     """Results files a RUN argument stands for, and notes on what was passed over."""
     p, ts = split_run_arg(path)
     timestamp = timestamp or ts
@@ -86,7 +87,7 @@ def find_results(path: str | os.PathLike, *, timestamp: str | None = None,
             if not chosen:
                 raise EmptyRunError(f"{folder}: no results file with timestamp {timestamp!r}; "
                                     f"available: {', '.join(_timestamp(f) for f in cands)}")
-            if len(chosen) > 1 and not all_results:
+            if len(chosen) > 1:
                 raise EmptyRunError(f"{folder}: timestamp {timestamp!r} matches {len(chosen)} results files "
                                     f"({', '.join(_timestamp(f) for f in chosen)}); give more of it")
             files.extend(chosen)
@@ -97,7 +98,7 @@ def find_results(path: str | os.PathLike, *, timestamp: str | None = None,
             if len(cands) > 1:
                 notes.append(f"{folder}: {len(cands)} results files; using the newest ({_timestamp(cands[-1])}), "
                              f"ignoring {', '.join(_timestamp(f) for f in cands[:-1])} (runs that differ only in "
-                             f"their mask share a folder: pass FOLDER@TIMESTAMP, the file itself, or --all-results)")
+                             f"their mask share a folder: pass FOLDER@TIMESTAMP, the file itself, or read them all)")
     return files, notes
 
 
@@ -253,7 +254,7 @@ def read_results_file(path: str | os.PathLike) -> Run:
     )
 
 
-def read_lm_eval(path: str | os.PathLike, *, timestamp: str | None = None, all_results: bool = False) -> list[Run]:
+def read_lm_eval(path: str | os.PathLike, *, timestamp: str | None = None, all_results: bool = True) -> list[Run]:
     """All runs a RUN argument stands for (see the module doc). Notes on skipped files go to ``run.notes``."""
     files, notes = find_results(path, timestamp=timestamp, all_results=all_results)
     runs = [read_results_file(f) for f in files]
