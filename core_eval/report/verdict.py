@@ -44,7 +44,7 @@ def verdict_table(causal_rows: pd.DataFrame, runs: list[Run], *, n_boot: int = 1
         if not tops:
             continue
         hib = g.higher_is_better.dropna()
-        lower_better = len(hib) > 0 and hib.iloc[0] is False
+        lower_better = len(hib) > 0 and not bool(hib.iloc[0])
         for control in CONTROL_RULES[1:]:
             ctrls = [by_name[r] for r in g[g.rule == control].run if r in by_name]
             if not ctrls:
