@@ -221,53 +221,10 @@ def _measure_speed(model_dir: Path, spec, runs: dict[str, tuple[str, int]], cfg:
 
 
 def _write_report(out: Path, spec, run_paths: dict, speed_path: Path, title: str) -> Path:
-    import io
-
-    import numpy as np
-    import pandas as pd
-
+    """The report through the same path as ``core-eval report RUNS --baseline B --speed S --spec SPEC``."""
     from core_eval.report import build_report
 
     runs = [p for name, p in run_paths.items() if name != "baseline"]
-    report = build_report(runs, [run_paths["baseline"]], speed=speed_path, title=title)
-    ram, lift = np.asarray(spec.score("ram")), np.asarray(spec.score("lift"))
-    L, H = ram.shape
-    heads = pd.DataFrame([(l, h, ram[l, h], lift[l, h]) for l in range(L) for h in range(H)],
-                         columns=["layer", "head", "ram", "lift"])
-    for name in ("causal_acc_drop", "causal_logprob_drop", "attribution_logprob_drop"):
-        if name in spec.scores:
-            heads[name] = np.asarray(spec.score(name)).reshape(-1)
-    heads = heads.sort_values("ram", ascending=False).reset_index(drop=True)
-    from core_eval.scoring.plots import ram_heatmap
-
-    png = out / "ram_heatmap.png"
-    ram_heatmap(spec, png)
-    report.add_section("heads", heads.head(16), "RAM per head (top 16), with the causal check "
-                       "(drop in gold log-prob / accuracy when the head alone is zero-ablated).", png.read_bytes())
-    if "causal_logprob_drop" in heads:
-        from scipy.stats import spearmanr
-
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-
-        fig, ax = plt.subplots(figsize=(5, 4), dpi=110)
-        ax.scatter(heads["ram"], heads["causal_logprob_drop"], s=14)
-        top = heads.nlargest(3, "causal_logprob_drop")
-        for _, r in top.iterrows():
-            layer, head = int(r["layer"]), int(r["head"])
-            ax.annotate(f"L{layer}H{head}", (r["ram"], r["causal_logprob_drop"]), fontsize=8)
-        rho = spearmanr(heads["ram"], heads["causal_logprob_drop"]).statistic
-        ax.set_xlabel("RAM")
-        ax.set_ylabel("drop in gold log-prob when ablated alone")
-        ax.set_title(f"RAM vs causal effect (Spearman {rho:.2f})")
-        buf = io.BytesIO()
-        fig.tight_layout()
-        fig.savefig(buf, format="png")
-        plt.close(fig)
-        routing = heads.nlargest(5, "causal_logprob_drop")
-        report.add_section("ram_vs_causal", routing, f"Spearman(RAM, single-head log-prob drop) = {rho:.3f}. "
-                           "The five most damaging heads by exact ablation: low-RAM heads here are routing "
-                           "heads that retrieval scores miss.", buf.getvalue())
+    report = build_report(runs, [run_paths["baseline"]], speed=speed_path, title=title,
+                          specs=[spec.source or out / "spec.json"])
     return report.write(out / "report")

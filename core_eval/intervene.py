@@ -45,8 +45,12 @@ class Intervention:
         from core_eval import __version__
 
         per_layer = {f"layer_{l}": h for l, h in heads_by_layer(self.heads).items()}
+        variant = self.variant.describe()
+        if not self.heads and variant.get("kind") != "sparse":
+            # nothing was ablated: the unmodified model, not a `zero` ablation of no heads
+            variant = {"name": "none", "kind": "none", "options": {}, "requested": variant}
         return {
-            "variant": self.variant.describe(),
+            "variant": variant,
             "n_heads": len(self.heads),
             "heads": [list(h) for h in self.heads],
             "heads_per_layer": per_layer,

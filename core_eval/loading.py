@@ -188,7 +188,7 @@ class Plan:
                       "architecture": type(model).__name__},
             "selection": self.selection,
             "spec": None if self.spec is None else {
-                "path": str(self.spec_path) if self.spec_path else None, "hash": self.spec.content_hash()},
+                "path": str(Path(self.spec_path).resolve()) if self.spec_path else None, "hash": self.spec.content_hash()},
         }
         if means_record:
             provenance["means"] = means_record

@@ -109,11 +109,10 @@ def test_readers_find_runs_and_label_interventions(real):
     assert explicit.intervention.frac_heads == pytest.approx(3 / 12)
     (rnd,) = load_run(real.random)
     assert rnd.label == "zero random-3 seed=0 (3 heads)"
-    # two runs in one model folder: the newest unless told otherwise, and a note says so
-    (newest,) = load_run(real.masks)
+    # two runs in one model folder (lm-eval's layout): both read, told apart by their recorded masks
+    assert [r.label for r in load_run(real.masks)] == ["zero top-3 (3 heads)", "zero bottom-3 (3 heads)"]
+    (newest,) = load_run(real.masks, all_results=False)  # the old behaviour, on request, with a note
     assert newest.label == "zero bottom-3 (3 heads)" and any("2 results files" in n for n in newest.notes)
-    assert [r.label for r in load_run(real.masks, all_results=True)] == ["zero top-3 (3 heads)",
-                                                                         "zero bottom-3 (3 heads)"]
     ts = real.top_file.name[len("results_"):-len(".json")]
     assert load_run(f"{real.masks}@{ts[:19]}")[0].label == "zero top-3 (3 heads)"
     assert load_run(real.top_file)[0].label == "zero top-3 (3 heads)"
@@ -121,7 +120,7 @@ def test_readers_find_runs_and_label_interventions(real):
     assert vb.is_baseline and vb.intervention.harness_model == "hf-multimodal" and vb.tasks == [GRID, TEXT]
     assert vb.model == str(real.vlm)
     # the root of everything: one run per model folder
-    assert len(load_run(real.root)) == 6
+    assert len(load_run(real.root)) == 7  # every results file: masks/ holds two
 
 
 # ------------------------------------------------------------------------------ statistics by hand
@@ -137,6 +136,20 @@ def numpy_bootstrap(d: np.ndarray, n_boot: int, seed: int, alpha=0.05):
     rng = np.random.default_rng(seed)
     means = d[rng.integers(0, len(d), size=(n_boot, len(d)))].mean(axis=1)
     return np.quantile(means, [alpha / 2, 1 - alpha / 2])
+
+
+def hand_newcombe(b: np.ndarray, v: np.ndarray, alpha=0.05):
+    """Newcombe (1998) method 10, written out independently with scipy's Wilson intervals."""
+    n = len(b)
+    t = {(i, j): int(((v == i) & (b == j)).sum()) for i in (0, 1) for j in (0, 1)}
+    pv, pb = v.mean(), b.mean()
+    lv, uv = sps.binomtest(int(v.sum()), n).proportion_ci(1 - alpha, "wilson")
+    lb, ub = sps.binomtest(int(b.sum()), n).proportion_ci(1 - alpha, "wilson")
+    den = (t[1, 1] + t[1, 0]) * (t[0, 1] + t[0, 0]) * (t[1, 1] + t[0, 1]) * (t[1, 0] + t[0, 0])
+    phi = (t[1, 1] * t[0, 0] - t[1, 0] * t[0, 1]) / math.sqrt(den) if den else 0.0
+    d = pv - pb
+    return (d - math.sqrt((pv - lv) ** 2 - 2 * phi * (pv - lv) * (ub - pb) + (ub - pb) ** 2),
+            d + math.sqrt((uv - pv) ** 2 - 2 * phi * (uv - pv) * (pb - lb) + (pb - lb) ** 2))
 
 
 def test_comparison_matches_hand_computation_on_real_runs(real):
@@ -164,8 +177,9 @@ def test_comparison_matches_hand_computation_on_real_runs(real):
         assert (row.n_lost, row.n_gained) == (lost, gained)
         p = sps.binomtest(lost, lost + gained, 0.5).pvalue if lost + gained else 1.0
         assert row.p_value == pytest.approx(p, rel=1e-12)
-        lo, hi = numpy_bootstrap(v - b, N_BOOT, 7)
+        lo, hi = hand_newcombe(b, v)
         assert (row.ci_low, row.ci_high) == (pytest.approx(lo, abs=1e-12), pytest.approx(hi, abs=1e-12))
+        assert row.test == "newcombe+mcnemar"
         assert row.ci_low <= row.delta <= row.ci_high
         discordant += lost + gained
     assert discordant > 0, "the masks should change some answers, or this test checks nothing"
@@ -324,7 +338,7 @@ def test_ablation_curves_over_several_sizes(tmp_path):
 
 
 def test_speed_file_formats(real, tmp_path):
-    (bottom,) = load_run(real.masks)
+    (bottom,) = [r for r in load_run(real.masks) if r.label == "zero bottom-3 (3 heads)"]
     csv = tmp_path / "speed.csv"
     csv.write_text(f"run,speedup,memory_ratio\nzero explicit (3 heads),1.5,0.7\n{bottom.name},1.2,0.9\nnope,2,1\n")
     js = tmp_path / "speed.json"
@@ -560,7 +574,8 @@ def test_html_renders_in_headless_chromium(real, tmp_path):
     assert {"deltas", "causal", "curves", "speed"} <= set(rep.figures)
     out = rep.write(tmp_path / "html")
     page = (out / "report.html").read_text()
-    assert "<script" not in page and 'src="http' not in page and "href=\"http" not in page
+    assert page.count("<script") == 1 and "<script src" not in page  # one inline script: table sorting
+    assert 'src="http' not in page and "href=\"http" not in page
     assert "&lt;CoRe&gt; &amp; report" in page
     opts = webdriver.ChromeOptions()
     opts.binary_location = chrome
@@ -577,6 +592,17 @@ def test_html_renders_in_headless_chromium(real, tmp_path):
         assert all(complete and width > 0 for _, complete, width in imgs), imgs
         n_rows = drv.execute_script("return document.querySelectorAll('#table-comparison tbody tr').length;")
         assert n_rows == len(rep.comparison)
+        # sortable tables: a click on a header sorts by that column, a second click reverses
+        col = list(writers.SHOWN["comparison"]).index("delta")
+        read = (f"return Array.from(document.querySelectorAll('#table-comparison tbody tr'))"
+                f".map(r => r.cells[{col}].getAttribute('data-v'));")
+        drv.execute_script(f"document.querySelectorAll('#table-comparison thead th')[{col}].click();")
+        asc = [float(x) for x in drv.execute_script(read) if x is not None]
+        assert len(asc) == rep.comparison.delta.notna().sum() and asc == sorted(asc) and asc != asc[::-1]
+        drv.execute_script(f"document.querySelectorAll('#table-comparison thead th')[{col}].click();")
+        desc = [float(x) for x in drv.execute_script(read) if x is not None]
+        assert desc == sorted(asc, reverse=True)
+        assert drv.execute_script("return document.querySelector('h2').textContent;") == "Verdict"
         severe = [e for e in drv.get_log("browser") if e["level"] == "SEVERE"]
         assert not severe, severe
     finally:

@@ -24,9 +24,11 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+
 import vlmeval  # noqa: F401  (the real package: a missing install fails here)
 from PIL import Image
 
+from core_eval.report.sample_keys import sample_key  # reports name VLMEvalKit's core_x-n8 as core_x
 from core_eval.integrations import vlmeval as cv
 from core_eval.integrations.vlmeval import _common
 from core_eval.probes import generate
@@ -392,13 +394,13 @@ def test_reporter_reads_the_real_vlmeval_outputs(vlmeval_runs, family):
         assert run.notes == []  # nothing recomputed, nothing disagrees
         for metric in ("exact_match", "relaxed_match"):
             expected = _file_scores(_pred_file(out, m, probe, "_score.xlsx"), metric)
-            pd.testing.assert_series_equal(_scores(run, probe, metric), expected, check_names=False)
-            assert run.score(probe, metric) == pd.read_csv(_pred_file(out, m, probe, "_acc.csv"))[metric].iloc[0]
+            pd.testing.assert_series_equal(_scores(run, sample_key(probe), metric), expected, check_names=False)
+            assert run.score(sample_key(probe), metric) == pd.read_csv(_pred_file(out, m, probe, "_acc.csv"))[metric].iloc[0]
         hits = _file_scores(_pred_file(out, m, mcq, "_exact_matching_result.xlsx"), "hit")
-        pd.testing.assert_series_equal(_scores(run, mcq, "hit"), hits, check_names=False)
-        assert run.score(mcq, "hit") == hits.mean()
+        pd.testing.assert_series_equal(_scores(run, sample_key(mcq), "hit"), hits, check_names=False)
+        assert run.score(sample_key(mcq), "hit") == hits.mean()
         overall = pd.read_csv(_pred_file(out, m, mcq, "_acc.csv"))["Overall"].iloc[0]
-        assert run.score(mcq, "Overall", "acc.csv") == overall
+        assert run.score(sample_key(mcq), "Overall", "acc.csv") == overall
         assert set(run.metrics.metric) == {"exact_match", "relaxed_match", "hit", "Overall"}
 
 
@@ -446,29 +448,29 @@ def test_reporter_values_follow_vlmeval_evaluation(vlmeval_runs, tmp_path, monke
         for metric, want in (("exact_match", em), ("relaxed_match", rm)):
             from_file = _file_scores(f / f"{m}_{probe}_score.xlsx", metric)
             assert from_file.tolist() == want  # VLMEvalKit ran the probe task's own metric
-            pd.testing.assert_series_equal(_scores(runs[m], probe, metric), from_file, check_names=False)
-            assert runs[m].score(probe, metric) == pd.read_csv(f / f"{m}_{probe}_acc.csv")[metric].iloc[0]
+            pd.testing.assert_series_equal(_scores(runs[m], sample_key(probe), metric), from_file, check_names=False)
+            assert runs[m].score(sample_key(probe), metric) == pd.read_csv(f / f"{m}_{probe}_acc.csv")[metric].iloc[0]
         hits = _file_scores(f / f"{m}_{mcq}_exact_matching_result.xlsx", "hit")
         assert hits.tolist() == hit
-        pd.testing.assert_series_equal(_scores(runs[m], mcq, "hit"), hits, check_names=False)
-        assert runs[m].score(mcq, "Overall", "acc.csv") == pd.read_csv(f / f"{m}_{mcq}_acc.csv")["Overall"].iloc[0]
+        pd.testing.assert_series_equal(_scores(runs[m], sample_key(mcq), "hit"), hits, check_names=False)
+        assert runs[m].score(sample_key(mcq), "Overall", "acc.csv") == pd.read_csv(f / f"{m}_{mcq}_acc.csv")["Overall"].iloc[0]
         assert runs[m].notes == []
     c = build_report([runs[abl]], [runs[base]], n_boot=200).comparison
     for task, metric, filt, (fb, fv) in [
             (probe, "exact_match", "none", [folders[m] / f"{m}_{probe}_score.xlsx" for m in (base, abl)]),
             (probe, "relaxed_match", "none", [folders[m] / f"{m}_{probe}_score.xlsx" for m in (base, abl)]),
             (mcq, "hit", "none", [folders[m] / f"{m}_{mcq}_exact_matching_result.xlsx" for m in (base, abl)])]:
-        row = c[(c.task == task) & (c.metric == metric) & (c["filter"] == filt)].iloc[0]
+        row = c[(c.task == sample_key(task)) & (c.metric == metric) & (c["filter"] == filt)].iloc[0]
         b, v = pd.read_excel(fb)[metric].mean(), pd.read_excel(fv)[metric].mean()
         assert (row.n, row.stats) == (N, "paired")
         assert row.delta == pytest.approx(v - b) and row.baseline == pytest.approx(b)
-    row = c[(c.task == mcq) & (c.metric == "Overall")].iloc[0]
+    row = c[(c.task == sample_key(mcq)) & (c.metric == "Overall")].iloc[0]
     b, v = (pd.read_csv(folders[m] / f"{m}_{mcq}_acc.csv")["Overall"].iloc[0] for m in (base, abl))
     assert row.delta == pytest.approx(v - b) and row.stats.startswith("aggregate only")
     # no per-sample score files: core_eval.probes.metrics, the same values, and a note
     for f in folders[base].glob("*_score.xlsx"):
         f.unlink()
     (run,) = load_run(tmp_path / "work" / base, source="vlmeval")
-    assert _scores(run, probe, "exact_match").tolist() == expected[base][0]
-    assert _scores(run, probe, "relaxed_match").tolist() == expected[base][1]
+    assert _scores(run, sample_key(probe), "exact_match").tolist() == expected[base][0]
+    assert _scores(run, sample_key(probe), "relaxed_match").tolist() == expected[base][1]
     assert any("computed by core_eval.probes.metrics" in n for n in run.notes)

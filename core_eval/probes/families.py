@@ -57,14 +57,6 @@ def _knob_hash(knobs: dict) -> str:
     return hashlib.sha256(json.dumps(knobs, sort_keys=True).encode()).hexdigest()[:8]
 
 
-def probe_id(family: str, seed: int, knobs: dict, index: int) -> str:
-    """Id of sample ``index`` of ``family`` generated with ``seed`` and ``knobs`` (the family's
-    defaults fill in missing knobs), without generating it: harness logs that drop the doc (lmms-eval)
-    name their samples by it."""
-    k = {**PROBE_FAMILIES[family].defaults, **knobs}
-    return f"{family}-s{seed}-{_knob_hash(k)}-{index:05d}"
-
-
 def _family(name: str, check: Callable[[dict], None]):
     """Register ``make_one(rng, **knobs) -> dict`` as family ``name`` (keyword defaults = knobs). The dict
     holds ``images`` and/or ``videos``, ``question``, ``answer``, ``boxes`` and optionally ``aliases``, ``meta``."""
@@ -83,11 +75,12 @@ def _family(name: str, check: Callable[[dict], None]):
                 raise ValueError(f"{name}: n must be an int >= 0, got {n!r}")
             k = {**defaults, **knobs}
             check(k)
+            kh = _knob_hash(k)
             out = []
             for i in range(n):
                 r = make_one(_rng(name, seed, i), **k)
                 out.append(ProbeSample(
-                    id=probe_id(name, seed, k, i), images=r.get("images", []), question=r["question"],
+                    id=f"{name}-s{seed}-{kh}-{i:05d}", images=r.get("images", []), question=r["question"],
                     answer=r["answer"], aliases=r.get("aliases", []), boxes=r["boxes"], family=name,
                     meta={"seed": seed, "index": i, "knobs": dict(k), **r.get("meta", {})},
                     videos=r.get("videos", []),

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 import argparse
 
-SOURCES = ("auto", "lm_eval", "lmms_eval", "vlmeval")  # as in core_eval.report.readers (kept import-free here)
+SOURCES = ("auto", "lm_eval", "vlmeval", "lmms_eval")  # the built-in readers of core_eval.report.readers (kept import-free here)
 
 HELP = "compare runs against unmodified baselines: tables, plots, Markdown / CSV / HTML"
 
 DESCRIPTION = """\
 Compare lm-eval (or VLMEvalKit) runs of intervened models against the unmodified baseline of the
-same model: per-task deltas with paired bootstrap CIs and McNemar's exact test, the causal-test
-table, ablation curves, accuracy vs speed, a leaderboard. RUN is an lm-eval --output_path folder,
-a model folder under it, a results_<ts>.json, or FOLDER@TIMESTAMP; or a VLMEvalKit work dir.
-Writes OUTDIR/report.md, report.html (self-contained), one CSV per table, plots/ and report.json.
+same model, harness and task. First the verdict (per task: does ablating the top heads hurt more
+than each control of the same size, with a paired CI and p-value), then per-task deltas (Newcombe
+paired CIs for 0/1 metrics, paired bootstrap otherwise, McNemar's exact test), the causal-test
+table (seeds pooled), ablation curves, accuracy vs speed, a leaderboard, and with --spec the RAM
+heatmap, heads table and RAM vs causal effect of a head spec.
+RUN is an lm-eval --output_path folder (every results file in it is read: runs that differ only in
+their mask share lm-eval's model folder and are told apart by the intervention each recorded), a
+model folder under it, a results_<ts>.json, or FOLDER@TIMESTAMP (one file); or a VLMEvalKit work dir.
+Writes OUTDIR/report.md, report.html (self-contained, sortable tables), one CSV per table, plots/
+and report.json.
 """
 
 
@@ -34,8 +40,13 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - CI level (default 0.05: 95%% CI)")
     p.add_argument("--all-results", action="store_true",
-                   help="read every results file in a model folder, not just the newest")
-    p.add_argument("--source", choices=SOURCES, default="auto", help="harness of the RUNs (default: detect)")
+                   help="accepted for old scripts and ignored: every results file is read by default "
+                        "(FOLDER@TIMESTAMP or the file itself reads one)")
+    p.add_argument("--spec", action="append", default=[], metavar="SPEC",
+                   help="head spec to show (repeatable): RAM heatmap, heads table, RAM vs causal effect")
+    p.add_argument("--source", default="auto", metavar="|".join(SOURCES),
+                   help="harness of the RUNs (default: detect; readers registered with "
+                        "core_eval.report.readers.register_reader add names)")
     p.add_argument("--format", default="md,csv,html", help="comma-separated subset of md,csv,html")
     p.add_argument("--title", default=None)
     p.set_defaults(fn=run_report)
@@ -49,9 +60,11 @@ def run_report(args) -> int:
 
     report = build_report(args.runs, args.baseline, speed=args.speed, metrics=args.metric, n_boot=args.n_boot,
                           seed=args.seed, alpha=args.alpha, title=args.title, source=args.source,
-                          all_results=args.all_results)
+                          specs=args.spec)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = report.write(args.out, formats=formats)
+    for line in (report.verdict.summary if len(report.verdict) else []):
+        print(f"verdict: {line}")
     board = report.leaderboard
     if len(board):
         cols = ["model", "label", *[c for c in board.columns if c not in ("model", "label", "run")]]

@@ -10,6 +10,7 @@ Scores (``baseline``, ``score``, ``delta``) are means over the paired samples, s
 its CI describe the same samples; the harness's own numbers are kept as ``*_reported``. Without
 per-sample logs, for group rows and for metrics whose aggregate is not a per-sample mean, the
 reported aggregates are compared and ``ci_*`` / ``p_value`` stay empty (``stats`` says why).
+CIs: Newcombe's paired score interval for 0/1 metrics, the paired bootstrap otherwise (``test``).
 """
 
 from __future__ import annotations
@@ -22,12 +23,12 @@ import pandas as pd
 
 from core_eval.report.errors import MismatchError, NothingPairsError
 from core_eval.report.run import Run
-from core_eval.report.stats import is_binary, mcnemar_exact, paired_bootstrap_ci
+from core_eval.report.stats import is_binary, mcnemar_exact, paired_ci
 
 NOTE_COLUMNS = ["level", "run", "baseline", "task", "message", "n_dropped"]
 
 COMPARISON_COLUMNS = [
-    "model", "task", "metric", "filter", "label", "run", "baseline_run", "variant", "kind", "rule", "n_heads",
+    "model", "harness", "task", "metric", "filter", "label", "run", "baseline_run", "variant", "kind", "rule", "n_heads",
     "frac_heads", "is_group", "n", "n_dropped", "baseline", "score", "delta", "rel_delta", "ci_low", "ci_high",
     "p_value", "test", "n_lost", "n_gained", "baseline_reported", "score_reported", "higher_is_better", "stats",
 ]
@@ -66,10 +67,16 @@ def notes_frame(notes: list[Note]) -> pd.DataFrame:
 
 @dataclass
 class Comparison:
-    """Result of :func:`compare`: a table (``COMPARISON_COLUMNS``) and the notes."""
+    """Result of :func:`compare`: a table (``COMPARISON_COLUMNS``), the notes, and the paired values
+    behind each row with a CI (``pairs[(run, task, metric, filter)]``), for pooling over seeds."""
 
     table: pd.DataFrame
     notes: list[Note]
+    pairs: dict = None
+
+    def __post_init__(self):
+        if self.pairs is None:
+            self.pairs = {}
 
 
 @dataclass
@@ -120,11 +127,18 @@ def _dedupe(df: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     return df, dup
 
 
-def pair_samples(baseline: pd.DataFrame, variant: pd.DataFrame) -> Pairing:
-    """Pair two runs' sample rows of one (task, filter, metric) on ``doc_id`` + ``prompt_hash``."""
+def pair_samples(baseline: pd.DataFrame, variant: pd.DataFrame, *, on_prompt: bool = True) -> Pairing:
+    """Pair two runs' sample rows of one (task, filter, metric) on ``doc_id`` + ``prompt_hash``.
+
+    ``on_prompt=False`` pairs on the probe sample id alone (``doc_id``): runs of two harnesses
+    render (and hash) the same probe sample's prompt and target in their own formats.
+    """
     cols = ["doc_id", "prompt_hash", "target_hash", "value"]
-    b, dup_b = _dedupe(baseline[cols])
-    v, dup_v = _dedupe(variant[cols])
+    baseline, variant = baseline[cols], variant[cols]
+    if not on_prompt:
+        baseline, variant = (x.assign(prompt_hash="", target_hash="") for x in (baseline, variant))
+    b, dup_b = _dedupe(baseline)
+    v, dup_v = _dedupe(variant)
     m = b.merge(v, on=["doc_id", "prompt_hash"], how="outer", suffixes=("_b", "_v"), indicator=True, sort=False)
     left = m[m["_merge"] == "left_only"]
     right = m[m["_merge"] == "right_only"]
@@ -179,20 +193,30 @@ def settings_notes(run: Run, baseline: Run) -> list[Note]:
     return notes
 
 
-def compare(run: Run, baseline: Run, *, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05) -> Comparison:
-    """Compare ``run`` against ``baseline`` (same model) on their common tasks. See the module doc."""
+def compare(run: Run, baseline: Run, *, n_boot: int = 10000, seed: int = 0, alpha: float = 0.05,
+            tasks: list[str] | None = None) -> Comparison:
+    """Compare ``run`` against ``baseline`` (same model) on their common tasks (only ``tasks`` if given:
+    the tasks this baseline is the run's baseline for). See the module doc.
+
+    Runs of different harnesses (``source``) pair on the probe sample id alone, with a note."""
     notes: list[Note] = []
+    pairs: dict = {}
+    cross = run.source != baseline.source
+    if cross:
+        notes.append(Note("info", f"baseline from another harness ({baseline.source} vs {run.source}): samples "
+                                  "paired on the probe sample id (doc_id / index) of the shared task key",
+                          run.name, baseline.name))
     if run.model and baseline.model and run.model != baseline.model:
         raise MismatchError(f"{run.name} (model {run.model}) and baseline {baseline.name} (model "
                             f"{baseline.model}) are different models; give each model its own --baseline")
     if not run.model or not baseline.model:
         notes.append(Note("warning", "model not recorded for one side; compared as given", run.name, baseline.name))
-    common = [t for t in run.tasks if t in set(baseline.tasks)]
+    common = [t for t in run.tasks if t in set(baseline.tasks) and (tasks is None or t in tasks)]
     if not common:
         raise MismatchError(f"{run.name} and baseline {baseline.name} share no task: run has "
                             f"{run.tasks or 'none'}, baseline has {baseline.tasks or 'none'}")
     for t in run.tasks:
-        if t not in common:
+        if t not in common and (tasks is None or t in tasks):
             notes.append(Note("warning", "task not in the baseline: not compared", run.name, baseline.name, t))
     for t in baseline.tasks:
         if t not in set(run.tasks):
@@ -202,7 +226,7 @@ def compare(run: Run, baseline: Run, *, n_boot: int = 10000, seed: int = 0, alph
                     & set(baseline.metrics.loc[baseline.metrics.is_group, "task"]))
 
     iv = run.intervention
-    base_row = {"model": run.model or baseline.model, "label": run.label, "run": run.name,
+    base_row = {"model": run.model or baseline.model, "harness": run.source, "label": run.label, "run": run.name,
                 "baseline_run": baseline.name, "variant": iv.variant if not iv.is_baseline else "none", "kind": iv.kind,
                 "rule": iv.rule, "n_heads": iv.n_heads, "frac_heads": iv.frac_heads}
     rows = []
@@ -246,7 +270,7 @@ def compare(run: Run, baseline: Run, *, n_boot: int = 10000, seed: int = 0, alph
                         notes.append(Note("warning", f"{metric}: no numeric per-sample values in {side}; "
                                           "aggregates compared, no CI or p-value", run.name, baseline.name, task))
                 else:
-                    p = pair_samples(bs, rs)
+                    p = pair_samples(bs, rs, on_prompt=not cross)
                     if p.n == 0:
                         raise NothingPairsError(
                             f"{run.name} vs baseline {baseline.name}, task {task}: no sample pairs up on doc_id + "
@@ -267,16 +291,17 @@ def compare(run: Run, baseline: Run, *, n_boot: int = 10000, seed: int = 0, alph
                                           run.name, baseline.name, task))
                     else:
                         b_mean, r_mean = float(p.baseline.mean()), float(p.variant.mean())
-                        lo, hi = paired_bootstrap_ci(p.baseline, p.variant, n_boot=n_boot, seed=seed, alpha=alpha)
+                        lo, hi, method = paired_ci(p.baseline, p.variant, n_boot=n_boot, seed=seed, alpha=alpha)
                         row.update(n=p.n, n_dropped=p.n_dropped, baseline=b_mean, score=r_mean,
-                                   delta=r_mean - b_mean, ci_low=lo, ci_high=hi, test="bootstrap", stats="paired")
+                                   delta=r_mean - b_mean, ci_low=lo, ci_high=hi, test=method, stats="paired")
+                        pairs[(run.name, task, metric, filt)] = p
                         if is_binary(p.baseline) and is_binary(p.variant):
                             mc = mcnemar_exact(p.baseline, p.variant)
-                            row.update(p_value=mc.p_value, test="bootstrap+mcnemar", n_lost=mc.n_lost,
+                            row.update(p_value=mc.p_value, test=f"{method}+mcnemar", n_lost=mc.n_lost,
                                        n_gained=mc.n_gained)
             if reason is not None:
                 row.update(baseline=b_rep, score=r_rep, delta=r_rep - b_rep, stats=f"aggregate only ({reason})")
             row["rel_delta"] = row["delta"] / row["baseline"] if row["baseline"] else math.nan
             rows.append(row)
     table = pd.DataFrame(rows, columns=COMPARISON_COLUMNS)
-    return Comparison(table, notes)
+    return Comparison(table, notes, pairs)

@@ -3,10 +3,11 @@
 lm-eval 0.4.x writes ``DIR/<model_sanitized>/results_<ts>.json`` and, with ``--log_samples``,
 ``samples_<task>_<ts>.jsonl`` next to it (one row per document and filter). A RUN may be the
 ``--output_path`` root, a model folder, a parent of several roots, or one results file; append
-``@TIMESTAMP`` (a prefix of ``<ts>``) to a folder to pick an older results file. Runs that differ
-only in their mask land in the same model folder: the newest results file is taken unless
-``all_results=True`` (a note says how many were passed over). The intervention is read from
-``config["core_eval"]`` (absent for plain ``hf`` / ``hf-multimodal`` runs: a baseline).
+``@TIMESTAMP`` (a prefix of ``<ts>``) to a folder to pick one results file. Runs that differ only
+in their mask land in the same model folder (lm-eval's own layout), so **every** results file of
+every folder is read, and each is one run, identified by the intervention it recorded in
+``config["core_eval"]`` (absent for plain ``hf`` / ``hf-multimodal`` runs: a baseline), not by its
+folder. ``all_results=False`` restores the old newest-file-per-folder behaviour (with a note).
 """
 
 from __future__ import annotations
@@ -15,7 +16,9 @@ import hashlib
 import json
 import math
 import os
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import pandas as pd
 
@@ -63,7 +66,7 @@ def result_folders(root: Path) -> list[Path]:
 
 
 def find_results(path: str | os.PathLike, *, timestamp: str | None = None,
-                 all_results: bool = False) -> tuple[list[Path], list[str]]:
+                 all_results: bool = True) -> tuple[list[Path], list[str]]:
     """Results files a RUN argument stands for, and notes on what was passed over."""
     p, ts = split_run_arg(path)
     timestamp = timestamp or ts
@@ -86,7 +89,7 @@ def find_results(path: str | os.PathLike, *, timestamp: str | None = None,
             if not chosen:
                 raise EmptyRunError(f"{folder}: no results file with timestamp {timestamp!r}; "
                                     f"available: {', '.join(_timestamp(f) for f in cands)}")
-            if len(chosen) > 1 and not all_results:
+            if len(chosen) > 1:
                 raise EmptyRunError(f"{folder}: timestamp {timestamp!r} matches {len(chosen)} results files "
                                     f"({', '.join(_timestamp(f) for f in chosen)}); give more of it")
             files.extend(chosen)
@@ -97,7 +100,7 @@ def find_results(path: str | os.PathLike, *, timestamp: str | None = None,
             if len(cands) > 1:
                 notes.append(f"{folder}: {len(cands)} results files; using the newest ({_timestamp(cands[-1])}), "
                              f"ignoring {', '.join(_timestamp(f) for f in cands[:-1])} (runs that differ only in "
-                             f"their mask share a folder: pass FOLDER@TIMESTAMP, the file itself, or --all-results)")
+                             f"their mask share a folder: pass FOLDER@TIMESTAMP, the file itself, or read them all)")
     return files, notes
 
 
@@ -142,7 +145,7 @@ def _metrics_table(path: Path, data: dict, leaf: set[str]) -> pd.DataFrame:
             if key in _SKIP_KEYS or "," not in key:
                 continue
             metric, filt = key.split(",", 1)
-            if metric.endswith("_stderr"):
+            if "_stderr" in metric:  # also lmms-eval's *_stderr_clt / *_stderr_clustered
                 continue
             v = _float(value)
             if math.isnan(v) and not isinstance(value, (int, float)):
@@ -180,12 +183,29 @@ def _read_samples(path: Path, task: str) -> tuple[list[dict], set[str]]:
     return rows, nonscalar
 
 
-def read_results_file(path: str | os.PathLike) -> Run:
-    """One lm-eval results JSON (+ its samples files) -> :class:`Run`."""
+@dataclass(frozen=True)
+class Layout:
+    """A harness that writes lm-eval's results JSON (lm-eval, lmms-eval): its name, version key, how
+    a results file's timestamp and samples files are named, and how a samples file reads
+    (``read_samples(file, task, task_config) -> (rows, names of non-scalar metrics)``)."""
+
+    source: str
+    label: str
+    timestamp: Callable[[Path], str]
+    samples_file: Callable[[Path, str, str], Path]
+    read_samples: Callable[[Path, str, dict], tuple[list[dict], set[str]]]
+
+
+LM_EVAL = Layout("lm_eval", "lm-eval", _timestamp, lambda p, task, ts: p.parent / f"samples_{task}_{ts}.jsonl",
+                 lambda f, task, cfg: _read_samples(f, task))
+
+
+def read_results_file(path: str | os.PathLike, layout: Layout = LM_EVAL) -> Run:
+    """One results JSON (+ its samples files) of ``layout``'s harness -> :class:`Run`."""
     path = Path(path)
     data = load_json(path)
     if not isinstance(data, dict):
-        raise CorruptFileError(path, "expected a JSON object (an lm-eval results file)")
+        raise CorruptFileError(path, f"expected a JSON object (an {layout.label} results file)")
     configs = data.get("configs") or {}
     results = data.get("results") or {}
     group_subtasks = data.get("group_subtasks") or {}
@@ -199,15 +219,15 @@ def read_results_file(path: str | os.PathLike) -> Run:
         model = (summary.get("model") or {}).get("name_or_path")
     model = model or model_args.get("pretrained") or data.get("model_name")
     intervention = Intervention(summary if isinstance(summary, dict) else None, str(config.get("model", "")))
-    ts = _timestamp(path)
+    ts = layout.timestamp(path)
 
     notes, sample_rows, with_samples = [], [], set()
     tasks = sorted(leaf & set(results)) or sorted(leaf)
     for task in tasks:
-        sfile = path.parent / f"samples_{task}_{ts}.jsonl"
+        sfile = layout.samples_file(path, task, ts)
         if not sfile.is_file():
             continue
-        rows, nonscalar = _read_samples(sfile, task)
+        rows, nonscalar = layout.read_samples(sfile, task, configs.get(task) or {})
         sample_rows.extend(rows)
         with_samples.add(task)
         for m in sorted(nonscalar):
@@ -233,7 +253,7 @@ def read_results_file(path: str | os.PathLike) -> Run:
             "aggregation": aggs,
         }
     settings = {
-        "harness": "lm-eval " + str(data.get("lm_eval_version") or "?"),
+        "harness": f"{layout.label} {data.get(layout.source + '_version') or '?'}",
         "model_type": config.get("model"),
         "limit": config.get("limit"),
         "gen_kwargs": config.get("gen_kwargs") or {},
@@ -246,14 +266,14 @@ def read_results_file(path: str | os.PathLike) -> Run:
     }
     return Run(
         name=f"{short_model(model)}@{ts}" if ts else f"{short_model(model)}@{path.stem}",
-        source="lm_eval", path=path, model=normalize_model(model), intervention=intervention,
+        source=layout.source, path=path, model=normalize_model(model), intervention=intervention,
         metrics=metrics, samples=samples, settings=settings, task_settings=task_settings, tasks=tasks,
         groups={g: list(s) for g, s in group_subtasks.items() if isinstance(s, list)},
         tasks_with_samples=with_samples, timestamp=ts, notes=notes,
     )
 
 
-def read_lm_eval(path: str | os.PathLike, *, timestamp: str | None = None, all_results: bool = False) -> list[Run]:
+def read_lm_eval(path: str | os.PathLike, *, timestamp: str | None = None, all_results: bool = True) -> list[Run]:
     """All runs a RUN argument stands for (see the module doc). Notes on skipped files go to ``run.notes``."""
     files, notes = find_results(path, timestamp=timestamp, all_results=all_results)
     runs = [read_results_file(f) for f in files]

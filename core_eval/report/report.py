@@ -1,9 +1,8 @@
-"""Assemble a report: assign baselines, compare, derive the tables and figures.
+"""Assemble a report: assign baselines, compare, derive the verdict, tables and figures.
 
-Baselines: every run is compared against the baseline of its own model (matched on the recorded
-``name_or_path``). Baselines passed explicitly come first (one per model); models without one take
-the unmodified run among the RUNs (``heads=none`` or a plain ``hf`` / ``hf-multimodal`` run), which
-must then be unique. Runs of different models are never compared with each other.
+Baselines: one per (model, harness, task), see :mod:`~core_eval.report.baselines`. Runs of
+different models are never compared with each other. ``specs``: head specs whose RAM heatmap,
+heads table and RAM-vs-causal plot join the report (:mod:`~core_eval.report.spec_sections`).
 """
 
 from __future__ import annotations
@@ -18,12 +17,22 @@ from typing import Iterable
 import pandas as pd
 
 from core_eval.report import plots
+from core_eval.report.baselines import assign_baselines
 from core_eval.report.comparison import COMPARISON_COLUMNS, Note, compare, notes_frame
-from core_eval.report.errors import MismatchError, MissingBaselineError, ReportError
+from core_eval.report.errors import ReportError
 from core_eval.report.readers import load_runs, uniquify_names
 from core_eval.report.run import Run
 from core_eval.report.speed import read_speed
-from core_eval.report.tables import _primary_rows, causal_table, curves_table, leaderboard, primary_metrics, speed_table
+from core_eval.report.tables import (
+    _primary_rows,
+    causal_rows,
+    causal_table,
+    curves_table,
+    leaderboard,
+    primary_metrics,
+    speed_table,
+)
+from core_eval.report.verdict import verdict_table
 
 RUN_COLUMNS = ["run", "label", "model", "is_baseline", "compared_to", "source", "harness_model", "variant", "kind",
                "rule", "n_heads", "frac_heads", "selection", "heads", "tasks", "timestamp", "path"]
@@ -41,6 +50,7 @@ class Report:
     comparison: pd.DataFrame
     causal: pd.DataFrame
     curves: pd.DataFrame
+    verdict: pd.DataFrame
     leaderboard: pd.DataFrame
     notes: pd.DataFrame
     speed: pd.DataFrame | None = None
@@ -59,8 +69,8 @@ class Report:
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Name -> table, in report order (each is one CSV)."""
-        out = {"leaderboard": self.leaderboard, "comparison": self.comparison, "causal": self.causal,
-               "curves": self.curves, **self.sections}
+        out = {"verdict": self.verdict, "leaderboard": self.leaderboard, "comparison": self.comparison,
+               "causal": self.causal, "curves": self.curves, **self.sections}
         if self.speed is not None:
             out["speed"] = self.speed
         out["runs"] = self.runs_table
@@ -105,62 +115,14 @@ def display_labels(runs: list[Run]) -> dict[str, str]:
     return labels
 
 
-def assign_baselines(runs: list[Run], baselines: list[Run]) -> tuple[dict[str | None, Run], list[Run], list[Note]]:
-    """(model -> baseline, runs to compare, notes). Raises on ambiguous or missing baselines."""
-    notes, by_model = [], {}
-    for b in baselines:
-        if b.model in by_model:
-            raise MismatchError(f"two baselines for model {b.model}: {by_model[b.model].name} and {b.name}; "
-                                f"pass one --baseline per model")
-        by_model[b.model] = b
-        if not b.is_baseline:
-            notes.append(Note("warning", f"baseline {b.name} is not an unmodified model ({b.label}); "
-                                         "deltas are relative to it", baseline=b.name))
-    chosen = {id(b) for b in baselines}
-    auto: dict[str | None, list[Run]] = {}
-    for r in runs:
-        if r.is_baseline and r.model not in by_model:
-            auto.setdefault(r.model, []).append(r)
-    for model, rs in auto.items():
-        if len(rs) > 1:
-            raise MismatchError(f"several unmodified runs of model {model}: {', '.join(r.name for r in rs)}; "
-                                f"choose the baseline with --baseline RUN")
-        by_model[model] = rs[0]
-        chosen.add(id(rs[0]))
-        if baselines:
-            notes.append(Note("info", f"baseline for model {model} taken from the runs: {rs[0].name}",
-                              baseline=rs[0].name))
-    variants = [r for r in runs if id(r) not in chosen]
-    for v in variants:
-        if v.model in by_model:
-            continue
-        if (v.model is None or None in by_model) and len(by_model) == 1:
-            continue  # unrecorded model: the only baseline there is (noted in compare)
-        if not by_model:
-            raise MissingBaselineError(
-                f"no baseline: none of the runs is an unmodified model (core_hf heads=none, or a plain hf / "
-                f"hf-multimodal run). Pass one with --baseline RUN (run {v.name} is model {v.model})")
-        raise MissingBaselineError(
-            f"no baseline for model {v.model} (run {v.name}); baselines are for "
-            f"{', '.join(str(m) for m in by_model)}. Runs of different models are never compared: pass a "
-            f"baseline of this model with --baseline")
-    return by_model, variants, notes
-
-
-def _baseline_for(v: Run, by_model: dict) -> Run:
-    if v.model in by_model:
-        return by_model[v.model]
-    return next(iter(by_model.values()))
-
-
-def _runs_table(runs: list[Run], labels: dict, baseline_of: dict) -> pd.DataFrame:
+def _runs_table(runs: list[Run], labels: dict, baseline_of: dict, plan) -> pd.DataFrame:
     rows = []
     for r in runs:
         iv = r.intervention
         b = baseline_of.get(r.name)
         rows.append({
             "run": r.name, "label": labels[r.name], "model": r.model, "is_baseline": b is None,
-            "compared_to": b.name if b is not None else "", "source": r.source, "harness_model": iv.harness_model,
+            "compared_to": ", ".join(x.name for x, _ in plan.groups(r)) if b is not None else "", "source": r.source, "harness_model": iv.harness_model,
             "variant": iv.variant or "", "kind": iv.kind or "", "rule": iv.rule, "n_heads": iv.n_heads,
             "frac_heads": iv.frac_heads if iv.frac_heads is not None else math.nan,
             "selection": json.dumps(iv.selection, sort_keys=True) if iv.selection else "",
@@ -181,14 +143,18 @@ def build_report(
     alpha: float = 0.05,
     title: str | None = None,
     source: str = "auto",
-    all_results: bool = False,
+    all_results: bool = True,
+    specs: Iterable[str | os.PathLike] | None = None,
 ) -> Report:
     """Read runs, compare each against its model's baseline, build tables and figures.
 
     ``runs`` / ``baselines``: RUN paths (lm-eval output folders or results files, VLMEvalKit work
     dirs; ``PATH@TIMESTAMP`` allowed) or :class:`Run` objects. ``speed``: a speed file
     (:mod:`core_eval.report.speed`) or its DataFrame. ``metrics``: primary-metric overrides
-    (``"task=metric"`` or ``"metric"``). ``n_boot``, ``seed``, ``alpha``: paired bootstrap.
+    (``"task=metric"`` or ``"metric"``). ``n_boot``, ``seed``, ``alpha``: paired statistics.
+    ``all_results``: kept for old callers (every results file is read by default; ``False`` reads
+    the newest per folder). ``specs``: head spec files to show (RAM heatmap, heads table, RAM vs
+    causal effect), see :func:`~core_eval.report.spec_sections.add_spec_sections`.
     """
     if n_boot < 1:
         raise ReportError(f"n_boot must be >= 1, got {n_boot}")
@@ -201,19 +167,23 @@ def build_report(
     if not other and not base_runs:
         raise ReportError("no runs given")
     uniquify_names(base_runs + other)
-    by_model, variants, notes = assign_baselines(other, base_runs)
-    all_runs = list(by_model.values()) + variants
+    plan = assign_baselines(other, base_runs)
+    notes = list(plan.notes)
+    variants = plan.variants
+    all_runs = list(plan.baselines) + variants
     for r in all_runs:
         notes += [Note("warning" if "ignoring" in n or "unknown" in n else "info", n, r.name) for n in r.notes]
     labels = display_labels(all_runs)
-    baseline_of: dict[str, Run | None] = {b.name: None for b in by_model.values()}
-    tables = []
+    baseline_of: dict[str, Run | None] = {b.name: None for b in plan.baselines}
+    tables, pairs = [], {}
     for v in variants:
-        b = _baseline_for(v, by_model)
-        baseline_of[v.name] = b
-        c = compare(v, b, n_boot=n_boot, seed=seed, alpha=alpha)
-        tables.append(c.table)
-        notes += c.notes
+        groups = plan.groups(v)
+        baseline_of[v.name] = groups[0][0]
+        for b, tasks in groups:
+            c = compare(v, b, n_boot=n_boot, seed=seed, alpha=alpha, tasks=tasks)
+            tables.append(c.table)
+            notes += c.notes
+            pairs.update(c.pairs)
     frames = [t for t in tables if len(t)]
     comparison = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=COMPARISON_COLUMNS)
     if len(comparison):
@@ -221,8 +191,11 @@ def build_report(
     if not variants:
         notes.append(Note("info", "only baselines given: nothing to compare"))
     primary = primary_metrics(all_runs, metrics)
-    causal, n1 = causal_table(comparison, primary)
-    curves = curves_table(comparison, all_runs, by_model, primary)
+    stat_kw = {"n_boot": n_boot, "seed": seed, "alpha": alpha}
+    causal, n1 = causal_table(comparison, primary, pairs, **stat_kw)
+    verdict = verdict_table(causal_rows(comparison, primary), all_runs, **stat_kw)
+    by_model = {b.model: b for b in plan.baselines}
+    curves = curves_table(comparison, all_runs, by_model, primary, pairs, **stat_kw)
     board, n2 = leaderboard(all_runs, labels, comparison, primary, baseline_of)
     notes += n1 + n2
     speed_df = None
@@ -240,10 +213,16 @@ def build_report(
     nf = notes_frame(notes)
     for col in ("run", "baseline"):
         nf[col] = nf[col].map(lambda x: labels.get(x, x) if x else x)
-    return Report(
+    report = Report(
         title=title or "core-eval report", runs=all_runs, labels=labels, baseline_of=baseline_of,
-        runs_table=_runs_table(all_runs, labels, baseline_of), comparison=comparison, causal=causal, curves=curves,
+        runs_table=_runs_table(all_runs, labels, baseline_of, plan), comparison=comparison, causal=causal,
+        curves=curves, verdict=verdict,
         leaderboard=board, notes=nf, speed=speed_df, primary=primary, figures=figures,
         params={"n_boot": n_boot, "seed": seed, "alpha": alpha, "pairing": "task, filter, doc_id, prompt_hash",
                 "primary_metrics": {t: f"{m} ({f})" for t, (m, f) in primary.items()}},
     )
+    if specs:
+        from core_eval.report.spec_sections import add_spec_sections
+
+        add_spec_sections(report, list(specs))
+    return report

@@ -55,7 +55,13 @@ class Intervention:
 
     @property
     def variant(self) -> str | None:
-        return (self.summary or {}).get("variant", {}).get("name") if self.summary else None
+        """Mode name (``zero``, ``text_only``, ...); ``none`` for a core_eval run with no heads (older
+        releases recorded ``heads=none`` as ``zero`` of no heads); None for a plain harness run."""
+        if not self.summary:
+            return None
+        if self.n_heads == 0 and self.kind != "sparse":
+            return "none"
+        return (self.summary.get("variant") or {}).get("name")
 
     @property
     def kind(self) -> str | None:
@@ -177,10 +183,45 @@ class Run:
         return f"Run({self.name!r}, {self.label!r}, model={self.model!r}, tasks={self.tasks})"
 
 
+#: Folder names that say nothing about the model (``organism/weights`` is shown as ``organism``).
+GENERIC_MODEL_DIRS = {"weights", "weight", "model", "models", "checkpoint", "checkpoints", "ckpt", "hf", "final",
+                      "latest", "best", "main", "output", "outputs", "snapshot", "snapshots", "merged", "export",
+                      "exported", "pretrained", "saved_model"}
+
+
+def _recorded_hub_name(path: str) -> str | None:
+    """``_name_or_path`` from ``path/config.json`` when it is a hub id (``org/name``), not a local path."""
+    cfg = Path(path) / "config.json"
+    try:
+        name = json.loads(cfg.read_text()).get("_name_or_path") if cfg.is_file() else None
+    except (OSError, ValueError, AttributeError):
+        return None
+    if isinstance(name, str) and name.count("/") == 1 and not name.startswith((".", "/", "~")) \
+            and not os.path.exists(name):
+        return name
+    return None
+
+
 def short_model(model: str | None) -> str:
+    """The model's readable name: a hub id as is; for a local path the checkpoint's recorded hub name,
+    a hub-cache ``models--org--name`` folder as ``org/name``, else the last path part that is not a
+    generic folder name (``.../organism/weights`` -> ``organism``)."""
     if not model:
         return "unknown-model"
-    return os.path.basename(os.path.normpath(str(model))) or str(model)
+    s = str(model)
+    hub = _recorded_hub_name(s)
+    if hub:
+        return hub
+    parts = [p for p in Path(os.path.normpath(s)).parts if p not in ("/", "")]
+    for i, p in enumerate(parts):
+        if p.startswith("models--") and i + 1 <= len(parts):
+            return p[len("models--"):].replace("--", "/")
+    if len(parts) == 2 and not s.startswith((".", "/", "~")) and not os.path.exists(s):
+        return s  # a hub id
+    for p in reversed(parts):
+        if p.lower() not in GENERIC_MODEL_DIRS and p not in (".", ".."):
+            return p
+    return parts[-1] if parts else s
 
 
 def normalize_model(name: str | None) -> str | None:

@@ -16,14 +16,15 @@ import pandas as pd
 
 from core_eval.report.comparison import Note
 from core_eval.report.errors import ReportError
+from core_eval.report.pooling import pool_rows
 from core_eval.report.run import CONTROL_RULES, Run
 
 PREFERRED = ("acc", "exact_match", "relaxed_match", "acc_norm", "hit", "Overall", "f1", "em", "bleu")
 
-CAUSAL_COLUMNS = ["model", "task", "metric", "variant", "n_heads", "frac_heads", "rule", "label", "run", "n",
-                  "baseline", "score", "delta", "ci_low", "ci_high", "p_value", "n_lost", "n_gained"]
-CURVE_COLUMNS = ["model", "task", "metric", "variant", "rule", "n_heads", "frac_heads", "score", "delta",
-                 "ci_low", "ci_high", "label", "run"]
+CAUSAL_COLUMNS = ["model", "harness", "task", "metric", "variant", "n_heads", "frac_heads", "rule", "label", "n_runs",
+                  "run", "n", "baseline", "score", "delta", "ci_low", "ci_high", "p_value", "n_lost", "n_gained", "test"]
+CURVE_COLUMNS = ["model", "harness", "task", "metric", "variant", "rule", "n_heads", "frac_heads", "n_runs", "score",
+                 "delta", "ci_low", "ci_high", "label", "run"]
 SPEED_COLUMNS = ["model", "task", "metric", "label", "run", "variant", "n_heads", "speedup", "score", "baseline",
                  "delta", "ci_low", "ci_high"]
 
@@ -75,15 +76,22 @@ def _primary_rows(comparison: pd.DataFrame, primary: dict) -> pd.DataFrame:
     return comparison[np.array(keep, dtype=bool)] if len(keep) else comparison
 
 
-def causal_table(comparison: pd.DataFrame, primary: dict) -> tuple[pd.DataFrame, list[Note]]:
-    """Top vs bottom vs random vs layer-matched random ablations at equal head counts."""
+def causal_rows(comparison: pd.DataFrame, primary: dict) -> pd.DataFrame:
+    """Per-run comparison rows of the causal test: primary metric, ablations with a control rule."""
     c = _primary_rows(comparison, primary)
-    c = c[(c.kind != "sparse") & c.rule.isin(CONTROL_RULES) & ~c.is_group]
+    if c.empty:
+        return c
+    return c[(c.kind != "sparse") & c.rule.isin(CONTROL_RULES) & ~c.is_group.astype(bool)]
+
+
+def causal_table(comparison: pd.DataFrame, primary: dict, pairs: dict | None = None, *, n_boot: int = 10000,
+                 seed: int = 0, alpha: float = 0.05) -> tuple[pd.DataFrame, list[Note]]:
+    """Top vs bottom vs random vs layer-matched random ablations at equal head counts, one row per rule
+    and size, seeds pooled (:mod:`~core_eval.report.pooling`)."""
+    c = causal_rows(comparison, primary)
     notes = []
     if c.empty:
         return pd.DataFrame(columns=CAUSAL_COLUMNS), notes
-    c = c.assign(_order=c.rule.map({r: i for i, r in enumerate(CONTROL_RULES)}))
-    c = c.sort_values(["model", "task", "variant", "n_heads", "_order", "label"])
     for (model, variant), g in c.groupby(["model", "variant"], sort=False):
         sizes = sorted(set(g.n_heads))
         for n in sizes:
@@ -95,30 +103,44 @@ def causal_table(comparison: pd.DataFrame, primary: dict) -> tuple[pd.DataFrame,
         if len(sizes) > 1 and "top" in set(g.rule):
             notes.append(Note("info", f"causal test ({variant}, model {model}): head sets of different sizes "
                                       f"{sizes}; compare rows of equal n_heads only"))
-    return c[CAUSAL_COLUMNS].reset_index(drop=True), notes
+    pooled = pool_rows(c, pairs or {}, n_boot=n_boot, seed=seed, alpha=alpha)
+    pooled = pooled.assign(_order=pooled.rule.map({r: i for i, r in enumerate(CONTROL_RULES)}))
+    pooled = pooled.sort_values(["model", "harness", "task", "variant", "n_heads", "_order"], kind="stable")
+    return pooled[CAUSAL_COLUMNS].reset_index(drop=True), notes
 
 
-def curves_table(comparison: pd.DataFrame, runs: list[Run], baselines: dict, primary: dict) -> pd.DataFrame:
-    """Score vs size of the ablated head set, one line per (variant, rule); x = 0 is the baseline."""
+def curves_table(comparison: pd.DataFrame, runs: list[Run], baselines: dict, primary: dict,
+                 pairs: dict | None = None, *, n_boot: int = 10000, seed: int = 0,
+                 alpha: float = 0.05) -> pd.DataFrame:
+    """Score vs size of the ablated head set, one line per (variant, rule), one point per size (seeds pooled:
+    one marker, one interval); x = 0 is the baseline."""
     c = _primary_rows(comparison, primary)
-    c = c[(c.kind != "sparse") & (c.n_heads > 0) & ~c.is_group & c.rule.ne("unknown")]
+    if c.empty:
+        return pd.DataFrame(columns=CURVE_COLUMNS)
+    c = c[(c.kind != "sparse") & (c.n_heads > 0) & ~c.is_group.astype(bool) & c.rule.ne("unknown")]
     if c.empty:
         return pd.DataFrame(columns=CURVE_COLUMNS)
     by_name = {r.name: r for r in runs}
+    pooled = pool_rows(c, pairs or {}, n_boot=n_boot, seed=seed, alpha=alpha)
     rows = []
-    for (model, task, metric, variant, rule), g in c.groupby(["model", "task", "metric", "variant", "rule"]):
-        base = by_name.get(g.baseline_run.iloc[0])
+    for (model, harness, task, metric, variant, rule), g in pooled.groupby(
+            ["model", "harness", "task", "metric", "variant", "rule"], sort=True):
+        first = c[(c.model == model) & (c.harness == harness) & (c.task == task) & (c.rule == rule)
+                  & (c.variant == variant)]
+        base = by_name.get(first.baseline_run.iloc[0]) if len(first) else None
         if base is not None:
             filt = primary[task][1]
-            rows.append({"model": model, "task": task, "metric": metric, "variant": variant, "rule": rule,
-                         "n_heads": 0, "frac_heads": 0.0, "score": base.score(task, metric, filt), "delta": 0.0,
-                         "ci_low": math.nan, "ci_high": math.nan, "label": "baseline", "run": base.name})
+            rows.append({"model": model, "harness": harness, "task": task, "metric": metric, "variant": variant,
+                         "rule": rule, "n_heads": 0, "frac_heads": 0.0, "n_runs": 1,
+                         "score": base.score(task, metric, filt), "delta": 0.0, "ci_low": math.nan,
+                         "ci_high": math.nan, "label": "baseline", "run": base.name})
         for r in g.itertuples():
-            rows.append({"model": model, "task": task, "metric": metric, "variant": variant, "rule": rule,
-                         "n_heads": r.n_heads, "frac_heads": r.frac_heads, "score": r.score, "delta": r.delta,
-                         "ci_low": r.ci_low, "ci_high": r.ci_high, "label": r.label, "run": r.run})
+            rows.append({"model": model, "harness": harness, "task": task, "metric": metric, "variant": variant,
+                         "rule": rule, "n_heads": r.n_heads, "frac_heads": r.frac_heads, "n_runs": r.n_runs,
+                         "score": r.score, "delta": r.delta, "ci_low": r.ci_low, "ci_high": r.ci_high,
+                         "label": r.label, "run": r.run})
     out = pd.DataFrame(rows, columns=CURVE_COLUMNS)
-    return out.sort_values(["model", "task", "variant", "rule", "n_heads"], kind="stable").reset_index(drop=True)
+    return out.sort_values(["model", "harness", "task", "variant", "rule", "n_heads"], kind="stable").reset_index(drop=True)
 
 
 def _match_keys(run: Run, display: str) -> set[str]:

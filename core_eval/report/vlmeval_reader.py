@@ -15,7 +15,8 @@ Predictions may be ``.xlsx`` (needs ``openpyxl``, which VLMEvalKit installs), ``
 A RUN may be the work dir (every model folder in it), a model folder (its own files, else its
 newest eval_id folder; ``@EVAL_ID`` picks one), an eval_id folder or one prediction file.
 
-Per run: task = dataset, per-sample metrics from VLMEvalKit's own score files (``hit``,
+Per run: task = the dataset's sample key (``core_grid_needle-n8`` -> ``core_grid_needle``, see
+:mod:`~core_eval.report.sample_keys`; the dataset name is kept as ``task_settings[task]["harness_task"]``), per-sample metrics from VLMEvalKit's own score files (``hit``,
 ``exact_match``, ``relaxed_match``; computed with core_eval.probes.metrics only when there is no
 score file, with a note), aggregates from ``*_acc.csv`` / ``*_score.csv`` (see
 :mod:`~core_eval.report.vlmeval_scores`). Samples pair on ``index`` + a hash of the question and
@@ -40,6 +41,7 @@ from pathlib import Path
 import pandas as pd
 
 from core_eval.report.errors import CorruptFileError, EmptyRunError
+from core_eval.report.sample_keys import sample_key
 from core_eval.report.vlmeval_scores import aggregates, own_files, per_sample
 from core_eval.report.run import (
     METRIC_COLUMNS,
@@ -195,8 +197,10 @@ def read_vlmeval(path: str | os.PathLike, *, eval_id: str | None = None) -> list
         all_files = _data_files(folder, model_name)
         metric_rows, sample_rows, notes, task_settings, with_samples = [], [], [], {}, set()
         pred_stems = [f.stem for f in _prediction_stems(all_files)]
-        for pf in preds:
-            dataset = pf.stem[len(model_name) + 1:]
+        names = [pf.stem[len(model_name) + 1:] for pf in preds]
+        keys = [sample_key(n) for n in names]
+        for pf, raw, key in zip(preds, names, keys):
+            dataset = key if keys.count(key) == 1 else raw  # two sizes of one draw in one folder: keep both
             pred = _read_table(pf)
             missing = {"index", "prediction"} - set(pred.columns)
             if missing:
@@ -223,7 +227,7 @@ def read_vlmeval(path: str | os.PathLike, *, eval_id: str | None = None) -> list
             for agg in aggs:
                 metric_rows.append({"task": dataset, **agg, "stderr": math.nan, "is_group": False,
                                     "higher_is_better": True})
-            task_settings[dataset] = {"n_effective": len(pred), "aggregation": {}}
+            task_settings[dataset] = {"n_effective": len(pred), "aggregation": {}, "harness_task": raw}
         summary, record = _sidecar(folder, model_folder)
         if summary is None:
             notes.append(f"{model_folder}: no {SIDECAR} (core_eval's record of the intervention); "

@@ -1,4 +1,5 @@
-"""Writers: Markdown, one CSV per table, one self-contained HTML page (inline PNG, inline CSS, no JS).
+"""Writers: Markdown, one CSV per table, one self-contained HTML page (inline PNG, CSS and one small
+inline script that sorts a table by the column whose header is clicked; nothing external).
 
 :func:`write_report` builds the whole output folder in a temporary sibling and swaps it into
 place, so OUTDIR is either the complete new report or left as it was. An existing OUTDIR is only
@@ -24,6 +25,7 @@ import pandas as pd
 
 from core_eval._io import atomic_write  # noqa: F401  (re-exported)
 from core_eval.report.errors import ReportError
+from core_eval.report.run import short_model
 
 SCHEMA = "core-eval-report/v1"
 FORMATS = ("md", "csv", "html")
@@ -36,11 +38,16 @@ SHOWN = {
              "heads", "tasks", "path"],
     "curves": ["model", "task", "metric", "variant", "rule", "n_heads", "frac_heads", "score", "delta", "ci_low",
                "ci_high", "label"],
-    "causal": ["model", "task", "metric", "variant", "n_heads", "frac_heads", "rule", "label", "n", "baseline",
-               "score", "delta", "ci_low", "ci_high", "p_value", "n_lost", "n_gained"],
+    "causal": ["model", "harness", "task", "metric", "variant", "n_heads", "frac_heads", "rule", "label", "n_runs",
+               "n", "baseline", "score", "delta", "ci_low", "ci_high", "p_value", "n_lost", "n_gained", "test"],
+    "verdict": ["model", "harness", "task", "metric", "variant", "n_heads", "control", "verdict", "top_score",
+                "control_score", "diff", "ci_low", "ci_high", "p_value", "n", "n_control_runs"],
 }
 
 ABOUT = {
+    "verdict": "Does ablating the top heads hurt more than each control of the same size? diff = score(top) - "
+               "score(control), paired sample by sample (control seeds pooled); CI: Newcombe's paired score "
+               "interval (0/1 metrics) or the paired bootstrap; p: McNemar's exact test.",
     "leaderboard": "Primary metric per task as reported by the harness, the mean over the tasks every run has, "
                    "and Δ vs each model's own baseline (paired samples).",
     "comparison": "Every run vs its baseline, per task / metric / filter, over the samples both runs share "
@@ -48,7 +55,8 @@ ABOUT = {
                   "exact test (binary metrics). n_lost / n_gained: samples the baseline got right and the run "
                   "wrong / the reverse.",
     "causal": "Causal test: ablating the top heads vs bottom, random and layer-matched random sets of the "
-              "same size (compare rows with equal n_heads).",
+              "same size (compare rows with equal n_heads). Runs of several seeds are pooled (n_runs): delta, "
+              "CI and p come from the pooled paired differences, not from averaged per-seed bounds.",
     "curves": "Ablation curves: score vs size of the ablated head set, one line per selection rule; "
               "x = 0 is the baseline.",
     "speed": "Hybrid sparse attention: accuracy vs measured speedup (baseline = 1.0).",
@@ -56,8 +64,8 @@ ABOUT = {
     "notes": "What was not compared, and why. Read these before the numbers.",
 }
 
-_INT = {"n", "n_dropped", "n_heads", "n_lost", "n_gained"}
-_SIGNED = {"delta", "ci_low", "ci_high"}
+_INT = {"n", "n_dropped", "n_heads", "n_lost", "n_gained", "n_runs", "n_control_runs", "layer", "head", "ram_rank"}
+_SIGNED = {"delta", "ci_low", "ci_high", "diff"}
 
 
 def fmt(col: str, v) -> str:
@@ -90,8 +98,7 @@ def _shown(name: str, df: pd.DataFrame) -> pd.DataFrame:
     cols = [c for c in SHOWN.get(name, list(df.columns)) if c in df.columns]
     out = df[cols].copy()
     if "model" in cols:
-        out["model"] = [os.path.basename(os.path.normpath(str(m))) if isinstance(m, str) and m else m
-                        for m in out["model"]]
+        out["model"] = [short_model(m) if isinstance(m, str) and m else m for m in out["model"]]
     return pd.DataFrame({c: [fmt(c, v) for v in out[c]] for c in cols}, columns=cols)
 
 
@@ -115,8 +122,18 @@ def _params_lines(report) -> list[str]:
             "- primary metrics: " + (", ".join(f"{t}: {m}" for t, m in p["primary_metrics"].items()) or "none")]
 
 
+def verdict_lines(report) -> list[str]:
+    """The verdict, one sentence per (task, control); what the report says first."""
+    v = getattr(report, "verdict", None)
+    if v is None or v.empty:
+        return ["No causal test in these runs (it needs a top run and a bottom / random / layer_matched_random "
+                "run of the same size)."]
+    return [str(x) for x in v.summary]
+
+
 def render_markdown(report, plot_dir: str | None = "plots") -> str:
-    out = [f"# {report.title}\n", *_params_lines(report), ""]
+    out = [f"# {report.title}\n", "**Verdict**\n", *[f"- {line}" for line in verdict_lines(report)], "",
+           *_params_lines(report), ""]
     n_warn = int((report.notes.level == "warning").sum()) if len(report.notes) else 0
     out.append(f"**Notes: {len(report.notes)} ({n_warn} warnings)** — see the Notes section.\n")
     for name, df in report.tables().items():
@@ -133,10 +150,51 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;mar
 h1{font-size:1.6em}h2{font-size:1.25em;margin-top:2em;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;font-size:.82em;margin:.5em 0}
 th,td{border:1px solid #ccc;padding:3px 6px;text-align:right;white-space:nowrap}
-th{background:#f3f3f3}.t{text-align:left}
+th{background:#f3f3f3;cursor:pointer;user-select:none}th[aria-sort=ascending]::after{content:" \\25B2"}
+th[aria-sort=descending]::after{content:" \\25BC"}.t{text-align:left}
 tr.warning td{background:#fff4e0}p.about{color:#555;max-width:70em}
+ul.verdict li{margin:.2em 0}
 img{max-width:100%;border:1px solid #eee}.scroll{overflow-x:auto}
 """
+
+#: Sorts a table by the clicked header: numbers by the cell's data-v value, text by its text; a second click reverses.
+_SORT_JS = """
+document.querySelectorAll("table.sortable").forEach(function (table) {
+  table.querySelectorAll("thead th").forEach(function (th, col) {
+    th.title = "click to sort";
+    th.addEventListener("click", function () {
+      var desc = th.getAttribute("aria-sort") === "ascending";
+      table.querySelectorAll("thead th").forEach(function (h) { h.removeAttribute("aria-sort"); });
+      th.setAttribute("aria-sort", desc ? "descending" : "ascending");
+      var body = table.tBodies[0];
+      var rows = Array.prototype.slice.call(body.rows);
+      function key(row) {
+        var cell = row.cells[col];
+        var v = cell.getAttribute("data-v");
+        return v !== null && v !== "" ? [0, parseFloat(v)] : [cell.textContent === "" ? 2 : 1, cell.textContent];
+      }
+      rows.sort(function (a, b) {
+        var ka = key(a), kb = key(b);
+        if (ka[0] !== kb[0]) { return ka[0] - kb[0]; }
+        var c = ka[0] === 0 ? ka[1] - kb[1] : String(ka[1]).localeCompare(String(kb[1]));
+        return desc ? -c : c;
+      });
+      rows.forEach(function (r) { body.appendChild(r); });
+    });
+  });
+});
+"""
+
+
+def _raw(v) -> str:
+    """A cell's sortable numeric value ('' for text and missing values)."""
+    if isinstance(v, bool) or v is None:
+        return ""
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return ""
+    return "" if math.isnan(f) else repr(f)
 
 
 def _html_table(name: str, df: pd.DataFrame) -> str:
@@ -148,37 +206,46 @@ def _html_table(name: str, df: pd.DataFrame) -> str:
     head = "".join(f'<th{"" if n else " class=t"}>{html.escape(str(c))}</th>' for c, n in zip(shown.columns, num))
     body = []
     levels = list(df["level"]) if name == "notes" and "level" in df.columns else [""] * len(shown)
-    for lvl, row in zip(levels, shown.itertuples(index=False)):
+    raw = df[[c for c in shown.columns]].reset_index(drop=True) if len(df) == len(shown) else None
+    for i, (lvl, row) in enumerate(zip(levels, shown.itertuples(index=False))):
         cls = f' class="{html.escape(lvl)}"' if lvl else ""
-        body.append(f"<tr{cls}>" + "".join(f'<td{"" if n else " class=t"}>{html.escape(str(x))}</td>'
-                                           for x, n in zip(row, num)) + "</tr>")
-    return (f'<div class="scroll"><table id="table-{name}"><thead><tr>{head}</tr></thead><tbody>'
+        cells = []
+        for j, (x, n) in enumerate(zip(row, num)):
+            dv = _raw(raw.iat[i, j]) if (n and raw is not None) else ""
+            attr = f' data-v="{dv}"' if dv else ""
+            cells.append(f'<td{"" if n else " class=t"}{attr}>{html.escape(str(x))}</td>')
+        body.append(f"<tr{cls}>" + "".join(cells) + "</tr>")
+    return (f'<div class="scroll"><table class="sortable" id="table-{name}"><thead><tr>{head}</tr></thead><tbody>'
             + "".join(body) + "</tbody></table></div>")
 
 
 def render_html(report) -> str:
-    """One self-contained page: inline CSS, figures as base64 PNG, no scripts or external links."""
+    """One self-contained page: inline CSS, figures as base64 PNG, one inline sorting script, no external links."""
     parts = [
         "<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
         '<meta name="viewport" content="width=device-width, initial-scale=1">',
         '<link rel="icon" href="data:,">',
         f"<title>{html.escape(report.title)}</title><style>{_CSS}</style></head><body>",
-        f"<h1>{html.escape(report.title)}</h1><ul>",
+        f"<h1>{html.escape(report.title)}</h1>",
+        '<h2 id="verdict-summary">Verdict</h2><ul class="verdict">',
+        *[f"<li>{html.escape(line)}</li>" for line in verdict_lines(report)], "</ul><ul>",
         *[f"<li>{html.escape(line[2:])}</li>" for line in _params_lines(report)], "</ul>",
     ]
     n_warn = int((report.notes.level == "warning").sum()) if len(report.notes) else 0
     parts.append(f'<p><strong>Notes: {len(report.notes)} ({n_warn} warnings)</strong> — '
-                 f'<a href="#notes">read them</a> before the numbers.</p>')
+                 f'<a href="#notes">read them</a> before the numbers. Click a column header to sort a table.</p>')
     for name, df in report.tables().items():
-        parts.append(f'<h2 id="{name}">{html.escape(name.capitalize())}</h2>')
+        parts.append(f'<h2 id="{html.escape(name)}">{html.escape(name.capitalize())}</h2>')
         parts.append(f'<p class="about">{html.escape(report.about.get(name) or ABOUT.get(name, ""))}</p>')
         fig = {"comparison": "deltas"}.get(name, name)
         if fig in report.figures:
             b64 = base64.b64encode(report.figures[fig]).decode("ascii")
-            parts.append(f'<img id="fig-{fig}" alt="{html.escape(fig)} plot" src="data:image/png;base64,{b64}">')
+            parts.append(f'<img id="fig-{html.escape(fig)}" alt="{html.escape(fig)} plot" '
+                         f'src="data:image/png;base64,{b64}">')
         parts.append(_html_table(name, df))
     created = _dt.datetime.now().isoformat(timespec="seconds")
-    parts.append(f"<p class=\"about\">Generated by core-eval report, {html.escape(created)}.</p></body></html>")
+    parts.append(f"<p class=\"about\">Generated by core-eval report, {html.escape(created)}.</p>")
+    parts.append(f"<script>{_SORT_JS}</script></body></html>")
     return "\n".join(parts)
 
 
