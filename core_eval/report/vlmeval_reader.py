@@ -198,9 +198,9 @@ def read_vlmeval(path: str | os.PathLike, *, eval_id: str | None = None) -> list
         metric_rows, sample_rows, notes, task_settings, with_samples = [], [], [], {}, set()
         pred_stems = [f.stem for f in _prediction_stems(all_files)]
         names = [pf.stem[len(model_name) + 1:] for pf in preds]
-        keys = [sample_key(n) for n in names]
-        for pf, raw, key in zip(preds, names, keys):
-            dataset = key if keys.count(key) == 1 else raw  # two sizes of one draw in one folder: keep both
+        task_keys = [sample_key(n) for n in names]
+        for pf, raw, key in zip(preds, names, task_keys):
+            dataset = key if task_keys.count(key) == 1 else raw  # two sizes of one draw in one folder: keep both
             pred = _read_table(pf)
             missing = {"index", "prediction"} - set(pred.columns)
             if missing:
