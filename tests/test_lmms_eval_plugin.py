@@ -73,6 +73,10 @@ def runs(tmp_path_factory, tiny_dir):
     lmms_eval(tmp, "core", f"pretrained={d},device_map=cpu,base=qwen2_5_vl,heads=none", out["none"])
     lmms_eval(tmp, "core", f"pretrained={d},device_map=cpu,head_spec={spec},heads=top,frac=0.5,ablation=zero",
               out["top"])
+    out["lm_eval"] = tmp / "lm_eval"  # the unmodified model in lm-eval, on the same probe samples
+    run(tmp, BIN / "lm_eval", "--model", "hf-multimodal", "--model_args", f"pretrained={d}", "--tasks", TASKS[0],
+        "--include_path", run(tmp, BIN / "core-eval", "tasks-path").stdout.strip(), "--limit", LIMIT,
+        "--batch_size", 1, "--apply_chat_template", "--log_samples", "--output_path", out["lm_eval"])
     return {"tmp": tmp, "model": d, "spec": spec, **out}
 
 
@@ -273,3 +277,17 @@ def test_the_auto_base_answers_image_and_video_requests(tmp_path, monkeypatch, t
         assert ll == pytest.approx(ref, abs=1e-4) and ll < 0
     with pytest.raises(NotImplementedError, match="multi-round"):
         lm.generate_until_multi_round([])
+
+
+def test_the_report_joins_an_lm_eval_and_an_lmms_eval_run_of_the_same_probes(runs):
+    """The lmms-eval ablated run has no lmms-eval baseline here: it pairs with lm-eval's run of the
+    unmodified model on the same probe samples (doc ids), with a note saying so."""
+    from core_eval.report import build_report
+
+    rep = build_report([runs["lm_eval"], runs["top"]], n_boot=200)
+    rows = rep.comparison[(rep.comparison.metric == "exact_match") & (rep.comparison.task == TASKS[0])]
+    (row,) = rows.itertuples()
+    assert (row.harness, row.n, row.rule) == ("lmms_eval", LIMIT, "top")
+    lm = json.loads(next((runs["lm_eval"]).glob("*/samples_*.jsonl")).read_text().splitlines()[0])
+    assert lm["doc"]["id"].startswith("grid_needle-s1000-")  # lm-eval's doc 0 is the probe the lmms task's doc 0 is
+    assert rep.notes.message.str.contains("baseline from another harness").any()
