@@ -44,6 +44,10 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
                         "(FOLDER@TIMESTAMP or the file itself reads one)")
     p.add_argument("--spec", action="append", default=[], metavar="SPEC",
                    help="head spec to show (repeatable): RAM heatmap, heads table, RAM vs causal effect")
+    p.add_argument("--overlays", type=int, default=0, metavar="N",
+                   help="draw attention overlays of up to N samples each ablation lost per probe task (loads the "
+                        "model of each run; default 0: none)")
+    p.add_argument("--device", default=None, help="device for --overlays (default: the model's default)")
     p.add_argument("--source", default="auto", metavar="|".join(SOURCES),
                    help="harness of the RUNs (default: detect; readers registered with "
                         "core_eval.report.readers.register_reader add names)")
@@ -61,6 +65,10 @@ def run_report(args) -> int:
     report = build_report(args.runs, args.baseline, speed=args.speed, metrics=args.metric, n_boot=args.n_boot,
                           seed=args.seed, alpha=args.alpha, title=args.title, source=args.source,
                           specs=args.spec)
+    if args.overlays:
+        from core_eval.report_overlays import add_overlay_sections
+
+        add_overlay_sections(report, args.overlays, device=args.device)
     formats = [f.strip() for f in args.format.split(",") if f.strip()]
     out = report.write(args.out, formats=formats)
     for line in (report.verdict.summary if len(report.verdict) else []):

@@ -59,6 +59,8 @@ class Report:
     params: dict = field(default_factory=dict)
     sections: dict[str, pd.DataFrame] = field(default_factory=dict)
     about: dict[str, str] = field(default_factory=dict)
+    #: the paired samples behind each comparison row, ``{(run, task, metric, filter): Pairing}``
+    pairs: dict = field(default_factory=dict)
 
     def add_section(self, name: str, table: pd.DataFrame, about: str = "", figure: bytes | None = None) -> None:
         """Add a table (and optionally a PNG figure) of your own, e.g. head scores from a spec."""
@@ -216,7 +218,7 @@ def build_report(
     report = Report(
         title=title or "core-eval report", runs=all_runs, labels=labels, baseline_of=baseline_of,
         runs_table=_runs_table(all_runs, labels, baseline_of, plan), comparison=comparison, causal=causal,
-        curves=curves, verdict=verdict,
+        curves=curves, verdict=verdict, pairs=pairs,
         leaderboard=board, notes=nf, speed=speed_df, primary=primary, figures=figures,
         params={"n_boot": n_boot, "seed": seed, "alpha": alpha, "pairing": "task, filter, doc_id, prompt_hash",
                 "primary_metrics": {t: f"{m} ({f})" for t, (m, f) in primary.items()}},
