@@ -9,6 +9,7 @@ separately cached variant. Parametrize over ``VLM_FAMILIES`` / ``ALL_FAMILIES``.
 from __future__ import annotations
 
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -41,6 +42,15 @@ def tiny_dir(tmp_path_factory):
         return tiny_model_dir(family, **kwargs)
 
     return get
+
+
+@pytest.fixture
+def weightless(tmp_path, tiny_dir):
+    """A checkpoint folder with config and processor but no weights: loading it would fail."""
+    src = tiny_dir("llava")
+    dst = tmp_path / "weightless"
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    return dst
 
 
 @pytest.fixture(scope="session")

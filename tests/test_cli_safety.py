@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import inspect
-import shutil
 import warnings
 from pathlib import Path
 
@@ -17,12 +16,6 @@ from core_eval.loading import LoadError, load_config
 from core_eval.spec import load_head_spec, spec_from_scores
 
 
-@pytest.fixture
-def weightless(tmp_path, tiny_dir):
-    src = tiny_dir("llava")
-    dst = tmp_path / "weightless"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
-    return dst
 
 
 def _spec(model_dir, path: Path) -> Path:

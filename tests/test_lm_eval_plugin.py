@@ -5,7 +5,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -100,13 +99,6 @@ def test_heads_none_equals_hf_multimodal_and_ablation_differs(tmp_path, tiny_dir
     assert got["ablated"] != got["hf"]
 
 
-@pytest.fixture
-def weightless(tmp_path, tiny_dir):
-    """A checkpoint folder with config and processor but no weights: loading it would fail."""
-    src = tiny_dir("llava")
-    dst = tmp_path / "weightless"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
-    return dst
 
 
 @pytest.mark.parametrize("args,needle", [

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -43,12 +42,6 @@ class _OptScale(Variant):
             patcher.o_proj_input(layer, fn)
 
 
-@pytest.fixture
-def weightless(tmp_path, tiny_dir):
-    src = tiny_dir("llava")
-    dst = tmp_path / "weightless"
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
-    return dst
 
 
 def test_the_tables_are_the_dataclass_fields():
