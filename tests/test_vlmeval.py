@@ -62,14 +62,6 @@ def lmu(tmp_path, monkeypatch):
     return root
 
 
-@pytest.fixture
-def weightless(tmp_path, tiny_dir):
-    """Config + processor, no weights: anything that tried to load them would fail."""
-    dst = tmp_path / "weightless"
-    shutil.copytree(tiny_dir("llava"), dst, ignore=shutil.ignore_patterns("*.safetensors"))
-    return dst
-
-
 # ----------------------------------------------------------------------------- datasets
 
 def test_datasets_mirror_the_lm_eval_probe_tasks():
