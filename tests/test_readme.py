@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,12 +19,29 @@ BIN = Path(sys.executable).parent
 SECTION = "## Score heads, then evaluate without them"
 
 
-def workflow_commands() -> list[str]:
-    """The shell commands of the README's workflow block, continuation lines joined, comments dropped."""
+def block_commands(after: str, *, nth: int = 0) -> list[str]:
+    """The shell commands of the ``nth`` bash block after the README line ``after``, continuation lines
+    joined, comments dropped."""
     text = (REPO / "README.md").read_text()
-    block = re.search(re.escape(SECTION) + r"\n+```bash\n(.*?)```", text, flags=re.S).group(1)
-    joined = re.sub(r"\\\n\s*", " ", block)
-    return [line.strip() for line in joined.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    blocks = re.findall(r"```bash\n(.*?)```", text[text.index(after):], flags=re.S)
+    joined = re.sub(r"\\\n\s*", " ", blocks[nth])
+    return [line.split("  #")[0].strip() for line in joined.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def workflow_commands() -> list[str]:
+    return block_commands(SECTION)
+
+
+def _env() -> dict:
+    return {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
+            "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+
+
+def _run(cmd: str, cwd: Path, env: dict) -> subprocess.CompletedProcess:
+    proc = subprocess.run(["bash", "-c", cmd], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, f"{cmd}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+    return proc
 
 
 def test_the_readme_workflow_block_is_complete():
@@ -39,15 +57,13 @@ def test_the_readme_workflow_block_is_complete():
 def test_the_readme_workflow_runs_as_written_and_reports_every_run(tmp_path, tiny_dir):
     model = tiny_dir("llava")
     (tmp_path / "head_masks").mkdir()
-    env = {**os.environ, "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}", "HF_HUB_OFFLINE": "1",
-           "HF_DATASETS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false", "OMP_NUM_THREADS": "1"}
+    env = _env()
     cmds = workflow_commands()
     for cmd in cmds:
         cmd = cmd.replace("path/to/checkpoint", str(model)).replace("--n 256", "--n 12")
         if cmd.startswith("lm_eval"):
             cmd += " --limit 6"
-        proc = subprocess.run(["bash", "-c", cmd], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900)
-        assert proc.returncode == 0, f"{cmd}\n{proc.stderr[-4000:]}"
+        proc = _run(cmd, tmp_path, env)
         if "window=256" in cmd:
             assert "window" in proc.stderr and "prompt" in proc.stderr  # the window covers the whole prompt
     report = tmp_path / "report1"
@@ -59,3 +75,32 @@ def test_the_readme_workflow_runs_as_written_and_reports_every_run(tmp_path, tin
     verdict = md[md.index("**Verdict**"):md.index("##")]
     assert "random" in verdict and "top" in verdict
     assert (report / "plots" / "heads.png").is_file() and "plots/heads.png" in manifest["files"]
+
+
+def test_the_readme_video_lmms_eval_and_stability_blocks_run_as_written(tmp_path, tiny_dir):
+    """The video scoring line, the lmms-eval block (with the CPU arguments the README names) and the
+    stability block on the shipped organism."""
+    qwen = str(tiny_dir("qwen2_5_vl"))
+    env = {**_env(), "CORE_EVAL_CACHE": str(tmp_path / "cache")}
+    (tmp_path / "head_masks").mkdir()
+    video = block_commands("video: Qwen2-VL / 2.5-VL / 3-VL")[0]
+    assert "--probes video_needle" in video
+    _run(video.replace("path/to/qwen2_5_vl", qwen).replace("--n 64", "--n 4"), tmp_path, env)
+    assert json.loads((tmp_path / "head_masks" / "video.json").read_text())["scorer"]["probes"] == "video_needle"
+    _run(workflow_commands()[0].replace("path/to/checkpoint", qwen).replace("--n 256", "--n 8"), tmp_path, env)
+    (lmms,) = block_commands("### In lmms-eval")
+    lmms = lmms.replace("path/to/qwen2.5-vl", qwen).replace("ablation=zero", "ablation=zero,device_map=cpu")
+    proc = _run(lmms + " --device cpu --limit 2", tmp_path, env)
+    assert "Error during evaluation" not in proc.stdout + proc.stderr
+    (results,) = (tmp_path / "runs" / "lmms").glob("*/*_results.json")
+    data = json.loads(results.read_text())
+    assert set(data["results"]) == {"core_grid_needle", "core_doc_needle", "core_video_needle"}
+    assert data["config"]["core_eval"]["selection"]["rule"] == "top"
+    # stability: the shipped organism and its shipped spec, from a folder laid out like the repo
+    (tmp_path / "core_eval" / "organism").mkdir(parents=True)
+    (tmp_path / "core_eval" / "organism" / "weights").symlink_to(REPO / "core_eval" / "organism" / "weights")
+    shutil.copy(REPO / "head_masks" / "organism.json", tmp_path / "head_masks" / "organism.json")
+    score, compare = block_commands("## How stable is the head set?")
+    _run(score.replace("--n 64", "--n 8"), tmp_path, env)
+    _run(compare, tmp_path, env)
+    assert (tmp_path / "specs" / "generate.json").is_file() and any((tmp_path / "specs" / "compare").iterdir())
