@@ -140,3 +140,19 @@ def test_accelerate_data_parallel_two_cpu_processes(tmp_path, tiny_dir):
     r = results(out)
     assert r["config"]["core_eval"]["variant"]["name"] == "uniform"
     assert sorted(samples(out, "core_grid_needle")) == [0, 1, 2, 3]
+
+
+def test_runs_of_one_model_land_in_folders_named_after_their_intervention(tmp_path, tiny_dir):
+    from core_eval.report import load_run
+
+    d = tiny_dir("llava")
+    out = tmp_path / "runs"
+    for heads in ("none", "0:1"):
+        lm_eval("--model", "core_hf", "--model_args", f"pretrained={d},heads={heads}", "--tasks", "core_grid_needle",
+                "--limit", 2, "--output_path", out, *COMMON)
+    folders = sorted(p.name for p in out.iterdir())
+    assert len(folders) == 2 and folders[0].endswith("__baseline") and "__zero-explicit1-s0-" in folders[1]
+    assert all(len(list((out / f).glob("results_*.json"))) == 1 == len(list((out / f).glob("samples_*")))
+               for f in folders)
+    runs = load_run(out)
+    assert sorted(r.intervention.summary["n_heads"] for r in runs) == [0, 1]

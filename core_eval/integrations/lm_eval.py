@@ -20,6 +20,7 @@ from lm_eval.api.model import LM
 from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.models.huggingface import HFLM
 
+from core_eval.integrations.run_names import intervention_tag
 from core_eval.options import ModelArgsError, make_plan, split_core_args
 
 # from_pretrained keywords commonly passed through lm-eval's model_args.
@@ -105,4 +106,38 @@ class CoreHFLM(LM):
         pretrained = rest.pop("pretrained")
         p = make_plan(pretrained, core)
         impl = CoreTextLM if p.family.text_config is None else CoreMultimodalLM
-        return impl(pretrained, core_plan=p, core_args=core, **rest)
+        lm = impl(pretrained, core_plan=p, core_args=core, **rest)
+        name_run_folders(intervention_tag(p, seed=core.get("seed", 0)))
+        return lm
+
+
+_RUN_TAG: list[str] = []  # the tag of the core_hf model built last in this process
+
+
+def name_run_folders(tag: str) -> None:
+    """Make lm-eval write this run into ``OUTPUT_PATH/<model>__<tag>/`` (``baseline`` for
+    ``heads=none``), as ``core-vlmeval`` names its folders, so runs of one model with different
+    interventions do not share a folder.
+
+    lm-eval 0.4.13 names the folder from ``pretrained`` alone (``GeneralConfigTracker
+    .model_name_sanitized``) and gives models no say; the first ``core_hf`` model of a process
+    wraps ``EvaluationTracker.save_results_aggregated`` / ``save_results_samples`` to add the tag
+    (both write into the same folder).
+    """
+    from lm_eval.loggers.evaluation_tracker import EvaluationTracker
+
+    _RUN_TAG[:] = [tag]
+    for method in ("save_results_aggregated", "save_results_samples"):
+        original = getattr(EvaluationTracker, method)
+        if getattr(original, "_core_eval", False):
+            continue
+
+        def tagged(self, *args, _original=original, **kwargs):
+            tracker = self.general_config_tracker
+            name = str(tracker.model_name_sanitized)
+            if _RUN_TAG and not name.endswith(f"__{_RUN_TAG[0]}"):
+                tracker.model_name_sanitized = f"{name}__{_RUN_TAG[0]}"
+            return _original(self, *args, **kwargs)
+
+        tagged._core_eval = True
+        setattr(EvaluationTracker, method, tagged)
