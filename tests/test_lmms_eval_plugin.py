@@ -101,6 +101,11 @@ def test_the_intervention_is_recorded_in_the_results_json(runs):
     assert top["harness"] == "lmms-eval" and top["base"]["name"] == "qwen2_5_vl"  # picked from the config
     assert top["spec"]["path"] == str(runs["spec"]) and top["model"]["name_or_path"] == str(runs["model"])
     assert "core_eval" not in results(runs["plain"])["config"]
+    # run folders named after the intervention, as core_hf and core-vlmeval name theirs
+    (folder,) = [p.name for p in runs["none"].iterdir()]
+    assert folder.endswith("__baseline")
+    (folder,) = [p.name for p in runs["top"].iterdir()]
+    assert f"__zero-top{top['n_heads']}-s0-" in folder
 
 
 def test_bad_model_args_fail_before_weights_with_the_valid_list(runs):

@@ -104,3 +104,28 @@ def test_the_readme_video_lmms_eval_and_stability_blocks_run_as_written(tmp_path
     _run(score.replace("--n 64", "--n 8"), tmp_path, env)
     _run(compare, tmp_path, env)
     assert (tmp_path / "specs" / "generate.json").is_file() and any((tmp_path / "specs" / "compare").iterdir())
+
+
+def test_the_readme_data_source_block_runs_as_written(tmp_path, tiny_dir):
+    """``hf:`` (the README's local-copy form), ``coco:``, a JSONL of your own and ``doc_needle``, on
+    data in the real schemas written next to the commands (no network)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    import probe_data_fixtures as F
+
+    cmds = block_commands("### Real grounding data")
+    assert len(cmds) == 4
+    refcocog = F.write_lmms_lab(tmp_path / "RefCOCOg")
+    F.write_coco(tmp_path)  # annotations/instances_val2017.json + val2017/, where the command looks
+    F.noise_image(64, 48, 1).save(tmp_path / "a.png")
+    F.write_jsonl(tmp_path / "my_grounding.jsonl",
+                  [{"image": "a.png", "question": f"What is in box {i}?", "answer": "noise",
+                    "boxes": [[4 * i, 4, 20, 16]]} for i in range(3)])
+    (tmp_path / "head_masks").mkdir()
+    env = _env()
+    for k, cmd in enumerate(cmds):
+        cmd = (cmd.replace(" M ", f" {tiny_dir('llava')} ").replace("hf:lmms-lab/RefCOCOg:val", f"hf:{refcocog}:val")
+               .replace("--out ...", f"--out out{k}.json").replace("--n 256", "--n 2").replace("--n 128", "--n 2"))
+        _run(cmd, tmp_path, env)
+    specs = [json.loads((tmp_path / p).read_text()) for p in ("head_masks/m_refcocog.json", "out1.json", "out2.json",
+                                                              "out3.json")]
+    assert all(s["scorer"]["n_samples"] >= 1 for s in specs)

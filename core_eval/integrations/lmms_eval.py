@@ -15,8 +15,9 @@ listing both. The intervention is applied to the base's ``_model`` right after i
 Recording: lmms-eval 0.7.3 builds ``results["config"]`` itself and has no model hook for it (its
 ``get_model_info`` call is commented out), so the first ``core`` model wraps
 :meth:`EvaluationTracker.save_results_aggregated` to add ``config["core_eval"]`` (the
-intervention summary) to the results JSON it writes; :func:`record` does the same for results
-returned by ``simple_evaluate`` in Python.
+intervention summary) to the results JSON it writes, and to name the run folder
+``<model>__<tag>`` after the intervention (the tag ``core_hf`` and ``core-vlmeval`` use);
+:func:`record` adds the summary to results returned by ``simple_evaluate`` in Python.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import inspect
 
 from lmms_eval.api.model import lmms
 
+from core_eval.integrations.run_names import intervention_tag
 from core_eval.options import ModelArgsError, make_plan, split_core_args
 
 #: ``base=`` name -> lmms-eval class (``module:Class``). OneVision / LLaVA(-NeXT) HF checkpoints
@@ -50,6 +52,7 @@ DEFAULT_BASE = {
 #: Keys lmms-eval itself passes to every model (``create_from_arg_string``'s additional config).
 _HARNESS_KEYS = {"batch_size", "max_batch_size", "device"}
 _LIVE: list[dict] = []  # summaries of the core models built in this process (for the results JSON)
+_TAGS: list[str] = []  # the run-folder tag of the core model built last
 
 
 def manifests():
@@ -106,6 +109,7 @@ def _wrapped(base_cls):
         self.core_summary = {**self.core_intervention.summary(), "harness": "lmms-eval",
                              "base": {"name": base_name, "class": BASES[base_name]}, "model_args": dict(core_args)}
         _LIVE.append(self.core_summary)
+        _TAGS[:] = [intervention_tag(core_plan, seed=core_args.get("seed", 0))]
         _record_in_saved_results()
 
     return type(f"Core{base_cls.__name__}", (base_cls,), {"__init__": __init__, "__module__": __name__})
@@ -153,6 +157,10 @@ def _record_in_saved_results() -> None:
 
     @functools.wraps(save)
     def save_with_core(self, results, *args, **kwargs):
+        tracker = self.general_config_tracker  # the samples files follow into the same folder
+        name = str(tracker.model_name_sanitized)
+        if _TAGS and not name.endswith(f"__{_TAGS[0]}"):
+            tracker.model_name_sanitized = f"{name}__{_TAGS[0]}"
         return save(self, record(results), *args, **kwargs)
 
     save_with_core._core_eval = True
