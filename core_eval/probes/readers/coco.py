@@ -76,7 +76,7 @@ def read_coco(path: str, n: int | None = None, seed: int = 0, *, image_root=None
     if image_root is None:
         raise ProbeArgumentError(f"{label}: pass --image-root, the folder holding the images' file_name "
                                  "(e.g. coco/val2017)")
-    root = Path(image_root)
+    root = Path(image_root).resolve()  # a relative --image-root is relative to the working directory
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except (OSError, json.JSONDecodeError) as e:
