@@ -110,7 +110,8 @@ def test_readers_find_runs_and_label_interventions(real):
     (rnd,) = load_run(real.random)
     assert rnd.label == "zero random-3 seed=0 (3 heads)"
     # two runs in one model folder (lm-eval's layout): both read, told apart by their recorded masks
-    assert [r.label for r in load_run(real.masks)] == ["zero top-3 (3 heads)", "zero bottom-3 (3 heads)"]
+    # core_hf names each run's folder after its intervention: one folder per mask, read in path order
+    assert sorted(r.label for r in load_run(real.masks)) == ["zero bottom-3 (3 heads)", "zero top-3 (3 heads)"]
     (newest,) = load_run(real.masks, all_results=False)  # the old behaviour, on request, with a note
     assert newest.label == "zero bottom-3 (3 heads)" and any("2 results files" in n for n in newest.notes)
     ts = real.top_file.name[len("results_"):-len(".json")]
