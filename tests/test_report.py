@@ -84,7 +84,9 @@ def real(tmp_path_factory):
          lm_eval_cmd("core_hf", f"pretrained={vlm},heads=0:0;0:1;1:2,ablation=uniform", vis, d.vlm_uniform, 4,
                      *gen)],
     ], cwd=root)
-    d.top_file, d.bottom_file = results_files(d.masks)
+    # core_hf writes each run into <model>__<intervention tag>/: tell the two apart by folder
+    (d.top_file,) = [f for f in results_files(d.masks) if "__zero-top3-" in f.parent.name]
+    (d.bottom_file,) = [f for f in results_files(d.masks) if "__zero-bottom3-" in f.parent.name]
     return d
 
 
@@ -109,13 +111,13 @@ def test_readers_find_runs_and_label_interventions(real):
     assert explicit.intervention.frac_heads == pytest.approx(3 / 12)
     (rnd,) = load_run(real.random)
     assert rnd.label == "zero random-3 seed=0 (3 heads)"
-    # two runs in one model folder (lm-eval's layout): both read, told apart by their recorded masks
     # core_hf names each run's folder after its intervention: one folder per mask, read in path order
+    folders = sorted({r.path.parent.name for r in load_run(real.masks)})
+    assert len(folders) == 2 and folders[0].endswith(tuple("0123456789abcdef")) and "__zero-bottom3-" in folders[0]
     assert sorted(r.label for r in load_run(real.masks)) == ["zero bottom-3 (3 heads)", "zero top-3 (3 heads)"]
-    (newest,) = load_run(real.masks, all_results=False)  # the old behaviour, on request, with a note
-    assert newest.label == "zero bottom-3 (3 heads)" and any("2 results files" in n for n in newest.notes)
+    assert len(load_run(real.masks, all_results=False)) == 2  # newest file per folder: one each
     ts = real.top_file.name[len("results_"):-len(".json")]
-    assert load_run(f"{real.masks}@{ts[:19]}")[0].label == "zero top-3 (3 heads)"
+    assert load_run(f"{real.top_file.parent}@{ts[:19]}")[0].label == "zero top-3 (3 heads)"
     assert load_run(real.top_file)[0].label == "zero top-3 (3 heads)"
     (vb,) = load_run(next(real.vlm_base.iterdir()))  # the model subfolder
     assert vb.is_baseline and vb.intervention.harness_model == "hf-multimodal" and vb.tasks == [GRID, TEXT]
