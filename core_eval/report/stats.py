@@ -90,14 +90,20 @@ def binom_two_sided_half(k: int, n: int) -> float:
     return float(min(Fraction(1), Fraction(2 * tail, 2 ** n)))
 
 
-def mcnemar_exact(baseline, variant) -> McNemar:
-    """McNemar's exact test on paired 0/1 outcomes: binomial test of the discordant pairs at 1/2."""
+def _paired_binary(baseline, variant, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(baseline, variant)`` as float arrays of one shape holding only 0/1, or a ValueError naming ``what``."""
     b = np.asarray(baseline, dtype=float)
     v = np.asarray(variant, dtype=float)
     if b.shape != v.shape:
         raise ValueError(f"paired arrays differ in shape: {b.shape} vs {v.shape}")
     if not (is_binary(b) and is_binary(v)):
-        raise ValueError("McNemar's test needs binary (0/1) outcomes")
+        raise ValueError(f"{what} needs binary (0/1) outcomes")
+    return b, v
+
+
+def mcnemar_exact(baseline, variant) -> McNemar:
+    """McNemar's exact test on paired 0/1 outcomes: binomial test of the discordant pairs at 1/2."""
+    b, v = _paired_binary(baseline, variant, "McNemar's test")
     lost = int(np.sum((b == 1) & (v == 0)))
     gained = int(np.sum((b == 0) & (v == 1)))
     return McNemar(lost, gained, binom_two_sided_half(lost, lost + gained))
@@ -121,12 +127,7 @@ def newcombe_paired_ci(baseline, variant, *, alpha: float = 0.05) -> tuple[float
         low  = d - sqrt((p_v - l_v)^2 - 2 phi (p_v - l_v)(u_b - p_b) + (u_b - p_b)^2)
         high = d + sqrt((u_v - p_v)^2 - 2 phi (u_v - p_v)(p_b - l_b) + (p_b - l_b)^2)
     """
-    b = np.asarray(baseline, dtype=float)
-    v = np.asarray(variant, dtype=float)
-    if b.shape != v.shape:
-        raise ValueError(f"paired arrays differ in shape: {b.shape} vs {v.shape}")
-    if not (is_binary(b) and is_binary(v)):
-        raise ValueError("Newcombe's paired interval needs binary (0/1) outcomes")
+    b, v = _paired_binary(baseline, variant, "Newcombe's paired interval")
     if not 0 < alpha < 1:
         raise ValueError(f"alpha must be in (0, 1), got {alpha}")
     n = b.size
