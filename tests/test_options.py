@@ -15,31 +15,37 @@ import textwrap
 from pathlib import Path
 
 import pytest
-import torch
 
 import core_eval
-from core_eval.masks import Variant, register_variant
 from core_eval.options import CORE_ARGS, CoreArgs, ModelArgsError, args_table, make_plan, parse_core_args
 
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 
 
-@register_variant(replace=True)
-class _OptScale(Variant):
-    """The README's HalfScale under a test name: one option, ``factor``."""
+#: The README's HalfScale variant (one option, ``factor``): written as the entry-point module of
+#: :func:`_entry_point_package`, and registered here under a test name.
+HALF_SCALE = textwrap.dedent('''
+    import torch
+    from core_eval.masks import Variant, register_variant
 
-    name = "test_opt_scale"
-    description = "scale the head's output by `factor`"
-    options = {"factor": (float, 0.5, "multiplier")}
+    @register_variant
+    class HalfScale(Variant):
+        name = "half"
+        description = "scale the head's output by `factor`"
+        options = {"factor": (float, 0.5, "multiplier")}
 
-    def apply(self, patcher, heads):
-        for layer, idx in heads.items():
-            def fn(x, idx=idx):
-                scale = torch.ones(x.shape[2], 1, dtype=x.dtype, device=x.device)
-                scale[idx] = self.config["factor"]
-                return x * scale
-            patcher.o_proj_input(layer, fn)
+        def apply(self, patcher, heads):
+            for layer, idx in heads.items():
+                def fn(x, idx=idx):
+                    scale = torch.ones(x.shape[2], 1, dtype=x.dtype, device=x.device)
+                    scale[idx] = self.config["factor"]
+                    return x * scale
+                patcher.o_proj_input(layer, fn)
+''')
+_ns: dict = {}  # the class registers itself on exec
+exec(HALF_SCALE.replace("@register_variant\n", "@register_variant(replace=True)\n")
+     .replace('name = "half"', 'name = "test_opt_scale"'), _ns)
 
 
 
@@ -122,24 +128,7 @@ def _entry_point_package(root: Path) -> Path:
     """The README's HalfScale, installed the README's way: an entry point in group core_eval.variants."""
     (root / "my_pkg").mkdir(parents=True)
     (root / "my_pkg" / "__init__.py").write_text("")
-    (root / "my_pkg" / "variants.py").write_text(textwrap.dedent('''
-        import torch
-        from core_eval.masks import Variant, register_variant
-
-        @register_variant
-        class HalfScale(Variant):
-            name = "half"
-            description = "scale the head's output by `factor`"
-            options = {"factor": (float, 0.5, "multiplier")}
-
-            def apply(self, patcher, heads):
-                for layer, idx in heads.items():
-                    def fn(x, idx=idx):
-                        scale = torch.ones(x.shape[2], 1, dtype=x.dtype, device=x.device)
-                        scale[idx] = self.config["factor"]
-                        return x * scale
-                    patcher.o_proj_input(layer, fn)
-    '''))
+    (root / "my_pkg" / "variants.py").write_text(HALF_SCALE)
     info = root / "my_pkg-0.1.dist-info"
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: my-pkg\nVersion: 0.1\n")
