@@ -120,6 +120,19 @@ def test_bad_model_args_fail_before_weights_load(weightless, args, needle):
             assert f"{name} (" in valid or f" {name}," in valid or f" {name}." in valid, name
 
 
+def test_hub_tasks_without_their_data_fail_before_weights_load(weightless, tmp_path):
+    """lm-eval builds the model before its tasks: core_hf checks their datasets first (empty cache,
+    offline). A group expands to its subtasks; the local probe task is not named."""
+    proc = lm_eval("--model", "core_hf", "--model_args", f"pretrained={weightless},heads=1:0",
+                   "--tasks", "chartqa,mmmu_val,core_grid_needle", "--include_path", TASKS, "--limit", 1,
+                   check=False, env={"HF_HOME": str(tmp_path / "hf")})
+    assert proc.returncode != 0
+    err = proc.stderr[proc.stderr.index("TaskDataError"):]
+    assert "HuggingFaceM4/ChartQA (task chartqa)" in err and "MMMU/MMMU (task mmmu_val_accounting" in err, err
+    assert "30 more" not in err and "26 more" in err and "core_grid_needle" not in err and "HF_HUB_OFFLINE" in err
+    assert "Loading weights" not in proc.stderr and "model.safetensors" not in proc.stderr
+
+
 def test_valid_args_on_weightless_checkpoint_do_reach_loading(weightless):
     """Control for the test above: with valid args the same folder fails at weight loading."""
     proc = lm_eval("--model", "core_hf", "--model_args", f"pretrained={weightless},heads=1:0",

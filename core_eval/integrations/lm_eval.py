@@ -7,6 +7,8 @@ options by name, e.g. ``ablation=half,factor=0.25`` or ``sparse=streaming,window
 would pass on to ``from_pretrained``); an argument neither we nor lm-eval's HF models know is an
 error listing the valid ones. The intervention is validated (config, spec, heads, variant) before
 any weights load, applied right after, and recorded in the results JSON ``config["core_eval"]``.
+Tasks whose hub dataset this machine cannot reach are refused before weights too
+(:mod:`core_eval.integrations.task_data`).
 Image-text checkpoints get ``hf-multimodal`` (images through ``generate_until``; text-only
 requests fall back to ``hf``), text checkpoints get ``hf``.
 """
@@ -21,6 +23,7 @@ from lm_eval.models.hf_vlms import HFMultimodalLM
 from lm_eval.models.huggingface import HFLM
 
 from core_eval.integrations.run_names import intervention_tag
+from core_eval.integrations.task_data import check_requested_task_data
 from core_eval.options import ModelArgsError, make_plan, split_core_args
 
 # from_pretrained keywords commonly passed through lm-eval's model_args.
@@ -105,6 +108,7 @@ class CoreHFLM(LM):
         core, rest = split_args(kwargs)
         pretrained = rest.pop("pretrained")
         p = make_plan(pretrained, core)
+        check_requested_task_data()  # lm-eval loads tasks only after the model: check their data first
         impl = CoreTextLM if p.family.text_config is None else CoreMultimodalLM
         lm = impl(pretrained, core_plan=p, core_args=core, **rest)
         name_run_folders(intervention_tag(p, seed=core.get("seed", 0)))
