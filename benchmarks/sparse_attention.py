@@ -32,7 +32,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from core_eval.adapters import Family, register_family
 from core_eval.attention.function import core_eval_attention
 from core_eval.attention.cache_kwarg import cache_kwarg
-from core_eval.attention.hybrid import HybridCache
+from core_eval.sparse import HybridCache
 from core_eval.intervene import apply_intervention
 from core_eval.spec import select_heads
 

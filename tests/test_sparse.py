@@ -14,7 +14,7 @@ import oracles
 from core_eval import load
 from core_eval.adapters import adapter_for
 from core_eval.attention.cache_kwarg import cache_kwarg
-from core_eval.attention.hybrid import HybridCache, HybridLayer, Pattern
+from core_eval.sparse import HybridCache, HybridLayer, Pattern
 from core_eval.intervene import apply_intervention
 
 FULL = [(0, 0), (1, 2), (1, 3), (2, 1)]
@@ -42,17 +42,40 @@ def oracle_logits(model, inputs, full_kv, kind, visual_ids):
         ad.set_lm_attention("sdpa")
 
 
+# backend=flex with the eager FlexAttention (exact, no compile); the compiled kernel: test_sparse_flex.py
+FLEX = dict(backend="flex", flex_compile=False)
+FLEX_CASES = [("gemma3", "streaming"), ("gemma3", "text_only"), ("llava", "streaming"), ("qwen2_vl", "text_only")]
+
+
+def hybrid_backends(model, iv) -> set[str]:
+    """The prefill backends the hybrid layers used last."""
+    ad = adapter_for(model)
+    return {ad.attention(l)._core_eval_compute.last_backend for l in iv.variant.hybrid_layers}
+
+
 @pytest.mark.parametrize("family,kind", CASES)
 def test_fast_paths_equal_the_explicit_mask_oracle(models, family, kind):
+    check_against_oracle(models, family, kind, block=16)
+
+
+@pytest.mark.parametrize("family,kind", FLEX_CASES)
+def test_flex_backend_equals_the_explicit_mask_oracle(models, family, kind):
+    """One FlexAttention call per layer, composed with the mask the model passes (Gemma 3's
+    bidirectional image blocks, left padding), prefill and greedy decode through the hybrid cache."""
+    check_against_oracle(models, family, kind, **FLEX)
+
+
+def check_against_oracle(models, family, kind, **options):
     model, proc, inputs = models(family)
     T = inputs["input_ids"].shape[1]
     with torch.no_grad():
         dense = model(**inputs).logits
-    iv = apply_intervention(model, FULL, kind, sink=SINK, window=WINDOW, block=16)
+    iv = apply_intervention(model, FULL, kind, sink=SINK, window=WINDOW, **options)
     try:
         assert iv.variant.hybrid_layers, "no layer became hybrid"
         with torch.no_grad():
             got = model(**inputs).logits
+            assert hybrid_backends(model, iv) == {options.get("backend", "blocks")}  # auto: short prompts -> blocks
             gen = model.generate(**inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False)
     finally:
         full_kv = iv.variant.full_kv

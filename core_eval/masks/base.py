@@ -148,7 +148,7 @@ class Patcher:
 
     def permute_heads(self, layer: int, full_kv: list[int]) -> None:
         """Put KV heads ``full_kv`` (and their query heads) first in ``layer``; undone by remove()."""
-        from core_eval.attention.hybrid import permute_layer
+        from core_eval.sparse.permute import permute_layer
 
         s, names = self.adapter.shape, (*self.adapter.family.qkv, self.adapter.family.o_proj)
         perm = permute_layer(self.adapter.attention(layer), full_kv, s.num_kv_heads, s.groups, s.head_dim, names)
@@ -188,7 +188,7 @@ class Patcher:
             set_compute(module, None)
         self._computed.clear()
         if self._permuted:
-            from core_eval.attention.hybrid import unpermute_layer
+            from core_eval.sparse.permute import unpermute_layer
 
             s, names = self.adapter.shape, (*self.adapter.family.qkv, self.adapter.family.o_proj)
             for layer, perm in reversed(self._permuted):

@@ -1,4 +1,4 @@
-"""Shared base of the hybrid sparse-attention variants (``streaming``, ``text_only``).
+"""The hybrid sparse-attention variants ``streaming`` and ``text_only`` and their shared base.
 
 For these variants the head set names the **full** (CoRe) heads; every other head of a
 full-attention layer becomes sparse. Query heads become KV heads through ``kv_policy``
@@ -14,8 +14,11 @@ import warnings
 import torch
 
 from core_eval.attention.cache_kwarg import cache_in, cache_kwarg
-from core_eval.attention.hybrid import HybridAttention, HybridCache, Pattern
 from core_eval.masks.base import Variant, VariantError
+from core_eval.masks.registry import register_variant
+from core_eval.sparse.attention import BACKENDS, HybridAttention, PlanCache
+from core_eval.sparse.cache import HybridCache
+from core_eval.sparse.pattern import Pattern
 
 
 class SparseVariant(Variant):
@@ -25,7 +28,10 @@ class SparseVariant(Variant):
         "sink": (int, 4, "sink tokens every sparse head keeps (each row's first real tokens)"),
         "window": (int, 256, "recent-window length of sparse heads"),
         "kv_policy": (str, "any", "query heads -> KV heads: any | all"),
-        "block": (int, 0, "prefill query block size for sparse heads (0: auto)"),
+        "block": (int, 0, "prefill query block size of the blocks backend (0: auto)"),
+        "backend": (str, "auto", "prefill backend: auto | flex | blocks (auto: flex where flex_support allows it)"),
+        "flex_compile": (bool, True, "compile the FlexAttention kernel (false: eager, slow; for checks)"),
+        "flex_min": (int, 2048, "backend=auto on the CPU: prompts shorter than this use the blocks path"),
     }
 
     def __init__(self, **options):
@@ -36,6 +42,8 @@ class SparseVariant(Variant):
             raise VariantError(str(e)) from None
         if self.config["kv_policy"] not in ("any", "all"):
             raise VariantError(f"kv_policy={self.config['kv_policy']!r}: use any or all (mean is resolved from a spec by core_eval.load)")
+        if self.config["backend"] not in BACKENDS:
+            raise VariantError(f"backend={self.config['backend']!r}: use one of {', '.join(BACKENDS)}")
         self.full_kv: dict[int, list[int]] = {}
 
     def full_kv_heads(self, shape, heads: dict[int, torch.Tensor]) -> dict[int, list[int]]:
@@ -58,12 +66,14 @@ class SparseVariant(Variant):
         if self.pattern.keeps_text and not ad.visual_token_ids:
             raise VariantError("text_only keeps non-visual tokens; this text-only model has no visual tokens, use streaming")
         full = self.full_kv_heads(s, heads)
-        hybrid = {}
+        hybrid, plans = {}, PlanCache()  # one flex block structure per forward, shared by the layers
         for layer, kvs in full.items():
             if len(kvs) == s.num_kv_heads or ad.is_sliding(layer):
                 continue  # dense layer: nothing to do
             patcher.permute_heads(layer, kvs)
-            attn = HybridAttention(layer, len(kvs), s.groups, self.pattern, patcher.tracker, self.config["block"])
+            c = self.config
+            attn = HybridAttention(layer, len(kvs), s.groups, self.pattern, patcher.tracker, c["block"], c["backend"],
+                                   c["flex_compile"], c["flex_min"], plans)
             patcher.compute(layer, attn)
             hybrid[layer] = attn
         self.full_kv = full
@@ -114,3 +124,17 @@ class SparseVariant(Variant):
             d["n_full_kv_heads"] = n_kv
             d["hybrid_layers"] = getattr(self, "hybrid_layers", [])
         return d
+
+
+@register_variant
+class Streaming(SparseVariant):
+    name = "streaming"
+    pattern_kind = "streaming"
+    description = "full attention for the given (CoRe) heads; others: sinks + recent window"
+
+
+@register_variant
+class TextOnly(SparseVariant):
+    name = "text_only"
+    pattern_kind = "text_only"
+    description = "full attention for the given (CoRe) heads; others: text tokens + sinks + recent window"
