@@ -170,3 +170,31 @@ def test_load_with_sparse_records_the_full_kv_heads(tiny_dir, tmp_path):
 
     with pytest.raises(LoadError, match="both given"):
         load(d, spec=spec, heads="top", ablation="zero", sparse="streaming")
+
+
+def test_load_honours_the_spec_kv_policy(tiny_dir, tmp_path):
+    """The spec's kv_policy decides the full KV heads unless kv_policy is given; ``mean`` keeps the
+    ``ceil(heads / groups)`` KV groups of highest mean score whole (Qwen2-VL tiny: GQA)."""
+    from core_eval.adapters import shape_from_config
+    from core_eval.loading import load_config
+    from core_eval.spec import spec_from_scores, to_kv_heads
+
+    d = tiny_dir("qwen2_vl")
+    shape = shape_from_config(load_config(d))
+    assert shape.groups > 1
+    ram = np.random.default_rng(1).random((shape.num_layers, shape.num_heads))
+    opts = {"window": 8, "sink": 2}
+    full = {}
+    for policy in ("any", "all", "mean"):
+        spec = spec_from_scores({"ram": ram}, {"name": "t"}, {"name": "ram-v1"}, shape=shape, frac=0.25,
+                                kv_policy=policy).write(tmp_path / f"{policy}.json")
+        v = load(d, spec=spec, heads="top", frac=0.25, sparse="streaming", variant_options=opts).summary["variant"]
+        assert v["options"]["kv_policy"] == policy and v["kv_policy_source"] == "spec"
+        full[policy] = sorted((int(k.split("_")[1]), h) for k, hs in v["full_kv_heads"].items() for h in hs)
+    heads = spec_from_scores({"ram": ram}, {"name": "t"}, {"name": "ram-v1"}, shape=shape, frac=0.25).heads
+    assert full["any"] == to_kv_heads(heads, shape, "any") and full["all"] == to_kv_heads(heads, shape, "all")
+    assert full["mean"] == to_kv_heads(heads, shape, "mean", scores=ram)
+    assert len({tuple(full[p]) for p in full}) == 3  # the three policies really differ here
+    v = load(d, spec=tmp_path / "mean.json", heads="top", frac=0.25, sparse="streaming",
+             variant_options={**opts, "kv_policy": "any"}).summary["variant"]
+    assert v["options"]["kv_policy"] == "any" and v["kv_policy_source"] == "option"

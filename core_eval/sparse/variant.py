@@ -3,7 +3,8 @@
 For these variants the head set names the **full** (CoRe) heads; every other head of a
 full-attention layer becomes sparse. Query heads become KV heads through ``kv_policy``
 (``any``: a KV head is full if any of its query heads is; ``all``; ``mean`` needs scores and is
-resolved by :func:`core_eval.load` from the spec). Sliding-window layers (Gemma 3) keep their own
+resolved by :func:`core_eval.load` from the spec). :func:`core_eval.load` uses the head spec's
+``kv_policy`` unless the option is given. Sliding-window layers (Gemma 3) keep their own
 local pattern: their cache already holds only the window.
 """
 
@@ -27,7 +28,7 @@ class SparseVariant(Variant):
     options = {
         "sink": (int, 4, "sink tokens every sparse head keeps (each row's first real tokens)"),
         "window": (int, 256, "recent-window length of sparse heads"),
-        "kv_policy": (str, "any", "query heads -> KV heads: any | all"),
+        "kv_policy": (str, "any", "query heads -> KV heads: any | all | mean (default: the head spec's, else any)"),
         "block": (int, 0, "prefill query block size of the blocks backend (0: auto)"),
         "backend": (str, "auto", "prefill backend: auto | flex | blocks (auto: flex where flex_support allows it)"),
         "flex_compile": (bool, True, "compile the FlexAttention kernel (false: eager, slow; for checks)"),
@@ -40,8 +41,10 @@ class SparseVariant(Variant):
             self.pattern = Pattern(self.pattern_kind, self.config["sink"], self.config["window"])
         except ValueError as e:
             raise VariantError(str(e)) from None
-        if self.config["kv_policy"] not in ("any", "all"):
-            raise VariantError(f"kv_policy={self.config['kv_policy']!r}: use any or all (mean is resolved from a spec by core_eval.load)")
+        if self.config["kv_policy"] not in ("any", "all", "mean"):
+            raise VariantError(f"kv_policy={self.config['kv_policy']!r}: use any, all or mean (mean: core_eval.load "
+                               "resolves it from the head spec's scores)")
+        self.kv_policy_source = "default"  # or "spec" / "option", set by core_eval.load
         if self.config["backend"] not in BACKENDS:
             raise VariantError(f"backend={self.config['backend']!r}: use one of {', '.join(BACKENDS)}")
         self.full_kv: dict[int, list[int]] = {}
@@ -49,13 +52,20 @@ class SparseVariant(Variant):
     def full_kv_heads(self, shape, heads: dict[int, torch.Tensor]) -> dict[int, list[int]]:
         """layer -> sorted full KV heads, from the full query heads ``heads``."""
         g, out = shape.groups, {}
+        policy = self.config["kv_policy"]
+        if policy == "mean":  # core_eval.load turned the spec's mean ranking into whole KV groups
+            whole = all(len(set(h.tolist())) == g * len({x // g for x in h.tolist()}) for h in heads.values())
+            if not whole:
+                raise VariantError("kv_policy=mean ranks KV heads by the spec's scores: load through core_eval.load "
+                                   "with a head spec (or pass kv_policy=any or all)")
+            policy = "all"
         for layer in range(shape.num_layers):
             q = set(heads.get(layer, torch.zeros(0, dtype=torch.long)).tolist())
             kvs = []
             for kv in range(shape.num_kv_heads):
                 members = {kv * g + i for i in range(g)}
                 hit = members & q
-                if (self.config["kv_policy"] == "any" and hit) or (self.config["kv_policy"] == "all" and hit == members):
+                if (policy == "any" and hit) or (policy == "all" and hit == members):
                     kvs.append(kv)
             out[layer] = kvs
         return out
@@ -123,6 +133,7 @@ class SparseVariant(Variant):
             d["full_kv_heads"] = {f"layer_{l}": v for l, v in self.full_kv.items() if v}
             d["n_full_kv_heads"] = n_kv
             d["hybrid_layers"] = getattr(self, "hybrid_layers", [])
+            d["kv_policy_source"] = self.kv_policy_source
         return d
 
 
