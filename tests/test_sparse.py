@@ -65,6 +65,31 @@ def test_flex_backend_equals_the_explicit_mask_oracle(models, family, kind):
     check_against_oracle(models, family, kind, **FLEX)
 
 
+@pytest.fixture
+def visual_keep():
+    """A pattern of one's own: sparse heads keep every visual token at any distance (and the sinks +
+    window) and drop distant text, the reverse of text_only; registered for this test only."""
+    from core_eval.masks import register_variant
+    from core_eval.masks.registry import _REGISTRY
+    from core_eval.sparse import PATTERNS, register_pattern
+    from core_eval.sparse.variant import SparseVariant
+
+    register_pattern("test_visual_keep", lambda real, visual, sink: sink | visual, needs_visual=True)
+
+    @register_variant
+    class VisualKeep(SparseVariant):
+        name = pattern_kind = "test_visual_keep"
+
+    yield "test_visual_keep"
+    del _REGISTRY["test_visual_keep"], PATTERNS["test_visual_keep"]
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+@pytest.mark.parametrize("backend", ["blocks", "flex"])
+def test_a_registered_pattern_equals_the_oracle(models, visual_keep, family, backend):
+    check_against_oracle(models, family, visual_keep, backend=backend, flex_compile=False)
+
+
 def check_against_oracle(models, family, kind, **options):
     model, proc, inputs = models(family)
     T = inputs["input_ids"].shape[1]

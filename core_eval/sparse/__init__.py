@@ -10,7 +10,8 @@ bidirectional block stays visible within the window. ``attention_mask=None`` mea
 
 Modules:
 
-* :mod:`.pattern`: :class:`Pattern` and the per-key flags (real / visual / sink) it reads;
+* :mod:`.pattern`: :class:`Pattern`, :func:`register_pattern` (patterns of your own: a far-key rule)
+  and the per-key flags (real / visual / sink) the rules read;
 * :mod:`.permute`: the exact load-time q/k/v/o permutation that puts each layer's full KV heads first;
 * prefill backends: :mod:`.flex` (one FlexAttention call per layer, per-head block mask composed
   with the model's mask, compiled per length bucket; :func:`flex_support` says why it cannot run)
@@ -29,11 +30,12 @@ from core_eval.sparse.blocks import sparse_prefill
 from core_eval.sparse.cache import HybridCache, HybridLayer
 from core_eval.sparse.flex import COMPILE_SECONDS, FlexPlan, bucket, flex_prefill, flex_support
 from core_eval.sparse.oracle import reference_hybrid
-from core_eval.sparse.pattern import PATTERNS, Pattern, row_flags
+from core_eval.sparse.pattern import PATTERNS, Pattern, register_pattern, row_flags
 from core_eval.sparse.permute import permute_layer, unpermute_layer
 
 __all__ = [
     "BACKENDS", "COMPILE_SECONDS", "FlexPlan", "HybridAttention", "HybridCache", "HybridLayer", "PATTERNS",
-    "Pattern", "bucket", "flex_prefill", "flex_support", "permute_layer", "reference_hybrid", "row_flags",
+    "Pattern", "bucket", "flex_prefill", "flex_support", "permute_layer", "reference_hybrid", "register_pattern",
+    "row_flags",
     "sparse_prefill", "unpermute_layer",
 ]

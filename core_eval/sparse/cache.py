@@ -48,8 +48,7 @@ class HybridLayer(DynamicLayer):
     def set_new_flags(self, real: torch.Tensor, visual: torch.Tensor) -> None:
         """Flags ``(B,)`` of the token just written by a decode :meth:`update`."""
         sink = real & (self.n_real < self.pattern.n_sink)
-        far = sink | (~visual if self.pattern.keeps_text else torch.zeros_like(sink))
-        self.sp_far[:, self.n - 1] = far & real
+        self.sp_far[:, self.n - 1] = self.pattern.far(real, visual, sink)  # the same elementwise rule as prefill
         self.sp_pos[:, self.n - 1] = torch.where(real, self.sp_pos[:, self.n - 1], -1)
         self.n_real += real.long()
 

@@ -3,15 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
-PATTERNS = ("streaming", "text_only")
+#: pattern name -> far-key rule ``far(real, visual, sink) -> bool`` (see :func:`register_pattern`)
+PATTERNS: dict[str, Callable] = {}
+
+
+def register_pattern(name: str, far: Callable, *, needs_visual: bool = False, replace: bool = False) -> None:
+    """Register a sparse pattern: a sparse head sees, within the model's mask, its recent window and
+    the keys ``far(real, visual, sink)`` marks, at any distance.
+
+    ``far`` must be elementwise over keys (bool tensors of any one shape in, the same shape out:
+    ``(B, T)`` in prefill, ``(B,)`` for each decode token), so the prefill backends, the oracle and
+    the decode cache all read the same rule; ``real`` (not padding) is ANDed in afterwards.
+    ``needs_visual``: refuse models without visual tokens (the rule reads ``visual``). A variant
+    uses it by subclassing :class:`core_eval.sparse.variant.SparseVariant` with ``pattern_kind = name``.
+    """
+    if name in PATTERNS and PATTERNS[name] is not far and not replace:
+        raise ValueError(f"a sparse pattern named {name!r} is already registered; pass replace=True")
+    PATTERNS[name] = far
+    _NEEDS_VISUAL[name] = needs_visual
+
+
+_NEEDS_VISUAL: dict[str, bool] = {}
+register_pattern("streaming", lambda real, visual, sink: sink)
+register_pattern("text_only", lambda real, visual, sink: sink | ~visual, needs_visual=True)
 
 
 @dataclass(frozen=True)
 class Pattern:
-    """A sparse head's pattern: ``kind`` in :data:`PATTERNS`, ``n_sink`` sink tokens, ``window``."""
+    """A sparse head's pattern: ``kind`` a registered name (:data:`PATTERNS`), ``n_sink`` sink tokens, ``window``."""
 
     kind: str
     n_sink: int = 4
@@ -19,20 +42,17 @@ class Pattern:
 
     def __post_init__(self):
         if self.kind not in PATTERNS:
-            raise ValueError(f"sparse pattern {self.kind!r}; use one of {', '.join(PATTERNS)}")
+            raise ValueError(f"sparse pattern {self.kind!r}; use one of {', '.join(PATTERNS)} (or register_pattern)")
         if self.n_sink < 0 or self.window < 1:
             raise ValueError(f"sink={self.n_sink} must be >= 0 and window={self.window} >= 1")
 
     @property
-    def keeps_text(self) -> bool:
-        return self.kind == "text_only"
+    def needs_visual(self) -> bool:
+        return _NEEDS_VISUAL[self.kind]
 
     def far(self, real, visual, sink):
-        """Keys visible from any distance: sinks (and text tokens for ``text_only``)."""
-        far = sink.clone()
-        if self.keeps_text:
-            far |= ~visual
-        return far & real
+        """Keys visible from any distance (the pattern's rule: sinks, text tokens for ``text_only``), real only."""
+        return PATTERNS[self.kind](real, visual, sink) & real
 
     def allowed(self, q_pos, k_pos, k_far, k_real, model_mask=None):
         """``(B, 1, q, K)`` bool: what the pattern leaves of the model's mask.

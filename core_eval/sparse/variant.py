@@ -73,8 +73,9 @@ class SparseVariant(Variant):
     def apply(self, patcher, heads):
         ad = patcher.adapter
         s = ad.shape
-        if self.pattern.keeps_text and not ad.visual_token_ids:
-            raise VariantError("text_only keeps non-visual tokens; this text-only model has no visual tokens, use streaming")
+        if self.pattern.needs_visual and not ad.visual_token_ids:
+            raise VariantError(f"{self.pattern.kind} reads which tokens are visual; this text-only model has no visual "
+                               "tokens, use streaming")
         full = self.full_kv_heads(s, heads)
         hybrid, plans = {}, PlanCache()  # one flex block structure per forward, shared by the layers
         for layer, kvs in full.items():
