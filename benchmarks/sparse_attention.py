@@ -139,7 +139,6 @@ def main():
     ap.add_argument("--decode-steps", type=int, default=8)
     ap.add_argument("--backend", nargs="+", default=["auto"], choices=["auto", "flex", "blocks"],
                     help="prefill backends of the hybrid model, each measured against the same dense run")
-    ap.add_argument("--flex-min", type=int, default=None, help="backend=auto on the CPU: flex from this many tokens")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
@@ -172,8 +171,8 @@ def main():
             for frac in args.fracs:
                 heads = select_heads(scores, "top", frac=frac)
                 for backend in args.backend:
-                    opts = {"backend": backend} | ({} if args.flex_min is None else {"flex_min": args.flex_min})
-                    iv = apply_intervention(model, heads, args.pattern, sink=args.sink, window=args.window, **opts)
+                    iv = apply_intervention(model, heads, args.pattern, sink=args.sink, window=args.window,
+                                            backend=backend)
                     hybrid = {l: model.model.layers[l].self_attn._core_eval_compute for l in iv.variant.hybrid_layers}
                     n_full = sum(len(v) for v in iv.variant.full_kv.values())
                     model.set_attn_implementation("bench_timed")

@@ -223,3 +223,26 @@ def test_load_honours_the_spec_kv_policy(tiny_dir, tmp_path):
     v = load(d, spec=tmp_path / "mean.json", heads="top", frac=0.25, sparse="streaming",
              variant_options={**opts, "kv_policy": "any"}).summary["variant"]
     assert v["options"]["kv_policy"] == "any" and v["kv_policy_source"] == "option"
+
+
+def test_backend_choice_says_why(models, monkeypatch):
+    """auto keeps the blocks path on the CPU and says so; a configuration flex cannot run makes auto
+    fall back with flex_support's reason and backend=flex refuse with it."""
+    import core_eval.sparse.attention as hybrid_attention
+
+    model, proc, inputs = models("llava")
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW)  # backend=auto
+    try:
+        with torch.no_grad():
+            model(**inputs)
+        layer = adapter_for(model).attention(iv.variant.hybrid_layers[0])._core_eval_compute
+        assert (layer.last_backend, layer.last_reason) == ("blocks", hybrid_attention.CPU_AUTO_REASON)
+    finally:
+        iv.remove()
+    monkeypatch.setattr(hybrid_attention, "flex_support", lambda *a, **k: "no flex for this test")
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW, backend="flex")
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="backend=flex cannot run this prefill: no flex for this test"):
+            model(**inputs)
+    finally:
+        iv.remove()

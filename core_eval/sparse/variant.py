@@ -30,9 +30,8 @@ class SparseVariant(Variant):
         "window": (int, 256, "recent-window length of sparse heads"),
         "kv_policy": (str, "any", "query heads -> KV heads: any | all | mean (default: the head spec's, else any)"),
         "block": (int, 0, "prefill query block size of the blocks backend (0: auto)"),
-        "backend": (str, "auto", "prefill backend: auto | flex | blocks (auto: flex where flex_support allows it)"),
+        "backend": (str, "auto", "prefill backend: auto | flex | blocks (auto: flex on CUDA where flex_support allows it)"),
         "flex_compile": (bool, True, "compile the FlexAttention kernel (false: eager, slow; for checks)"),
-        "flex_min": (int, 2048, "backend=auto on the CPU: prompts shorter than this use the blocks path"),
     }
 
     def __init__(self, **options):
@@ -84,7 +83,7 @@ class SparseVariant(Variant):
             patcher.permute_heads(layer, kvs)
             c = self.config
             attn = HybridAttention(layer, len(kvs), s.groups, self.pattern, patcher.tracker, c["block"], c["backend"],
-                                   c["flex_compile"], c["flex_min"], plans)
+                                   c["flex_compile"], plans)
             patcher.compute(layer, attn)
             hybrid[layer] = attn
         self.full_kv = full
