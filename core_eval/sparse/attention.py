@@ -1,5 +1,6 @@
-"""One hybrid layer's attention: the full group through SDPA, the sparse group through a prefill backend
-or the per-head cache."""
+"""One hybrid layer's attention. Prefill: ``flex`` (all heads, one FlexAttention call) or ``blocks``
+(full group through SDPA, sparse group block by block); decode: full group through SDPA, sparse group
+on the per-head cache's kept keys."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from core_eval.sparse.blocks import sparse_prefill
 from core_eval.sparse.cache import HybridLayer
 from core_eval.sparse.flex import FlexPlan, flex_prefill, flex_support
 from core_eval.sparse.pattern import Pattern, row_flags
-
 
 BACKENDS = ("auto", "flex", "blocks")
 #: why backend=auto keeps the blocks path on the CPU (measured here, torch 2.14, one thread)
@@ -93,8 +93,8 @@ class HybridAttention:
         p, dev = self.pattern, query.device
         real, vis, sink = row_flags(attention_mask, B, T, dev, self.tracker.key_flags(T), p.n_sink)
         far = p.far(real, vis, sink)
-        mask = None if attention_mask is None else allowed_keys(attention_mask, T, T, dev)
-        plan = self.plans.get(attention_mask, self.tracker.flags, T, lambda: FlexPlan(mask, far, p, T))
+        plan = self.plans.get(attention_mask, self.tracker.flags, T, lambda: FlexPlan(
+            None if attention_mask is None else allowed_keys(attention_mask, T, T, dev), far, p, T))
         if cache_layer is not None:  # prefill into an empty hybrid cache: update() kept the sparse keys apart
             k_new, v_new, start = cache_layer.prefill_chunk
             if start != 0:
