@@ -44,7 +44,8 @@ def oracle_logits(model, inputs, full_kv, kind, visual_ids):
 
 # backend=flex with the eager FlexAttention (exact, no compile); the compiled kernel: test_sparse_flex.py
 FLEX = dict(backend="flex", flex_compile=False)
-FLEX_CASES = [("gemma3", "streaming"), ("gemma3", "text_only"), ("llava", "streaming"), ("qwen2_vl", "text_only")]
+# every family once (streaming), text_only where the mask is not plain causal (Gemma 3, PaliGemma) and on a GQA VLM
+FLEX_CASES = [(f, "streaming") for f in ALL_FAMILIES] + [(f, "text_only") for f in ("gemma3", "paligemma", "qwen2_vl")]
 
 
 def hybrid_backends(model, iv) -> set[str]:
