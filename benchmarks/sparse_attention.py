@@ -26,7 +26,7 @@ prefill first, and the seconds its first calls took per compiled shape are print
 GPU, 7B-model shapes with random weights (one command; ~15 GB of weights per shape):
 
     python benchmarks/sparse_attention.py --device cuda --dtype bfloat16 --shapes mha7b gqa7b \
-        --sizes 8192 16384 32768 65536 --fracs 0.05 0.10 --backend flex
+        --sizes 8192 16384 32768 65536 --fracs 0.05 0.10 --backend flex blocks --check
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -128,6 +129,35 @@ def run(model, inputs, decode_steps, hybrid=None):
     return prefill, prefill_attn, statistics.median(steps), statistics.median(attn), kv, peak
 
 
+def check(shape: str, device, pattern: str, sink: int, n_visual: int = 1000) -> float:
+    """Exactness on this device before timing: a 2-layer float32 model of ``shape``; the flex and blocks
+    backends must agree (each is tested against the explicit-mask oracle on the CPU), and with a window
+    covering the prompt the hybrid model must equal the dense one. Returns the largest difference."""
+    L, H, KV, hidden, mlp = SHAPES[shape]
+    SHAPES["_check"] = (2, H, KV, hidden, mlp)
+    model = build("_check", device, torch.float32)
+    inputs = inputs_for(n_visual)
+    heads = [(0, 0), (1, 1)]
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        got = {}
+        for backend, window in (("flex", 64), ("blocks", 64), ("flex", 10**6)):
+            iv = apply_intervention(model, heads, pattern, sink=sink, window=window, backend=backend)
+            model.set_attn_implementation("bench_timed")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "the window covers the prompt": intended here
+                got[backend, window] = model(**inputs).logits
+            iv.remove()
+            model.set_attn_implementation("bench_timed")
+    worst = max((got["flex", 64] - got["blocks", 64]).abs().max().item(),
+                (got["flex", 10**6] - dense).abs().max().item())
+    moved = (got["flex", 64] - dense).abs().max().item()
+    print(f"check {shape}: flex vs blocks / nothing-dropped vs dense: max |diff| {worst:.2e} "
+          f"(the pattern itself moves logits by {moved:.2e})", flush=True)
+    del model
+    return worst
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--sizes", type=int, nargs="+", default=[2048, 8192, 16384])
@@ -142,6 +172,8 @@ def main():
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
+    ap.add_argument("--check", action="store_true",
+                    help="first check exactness on this device (float32, 2 layers per shape); exit 1 above 1e-4")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     _DEVICE[0] = device = torch.device(args.device)
@@ -152,6 +184,8 @@ def main():
     # the benchmark's token ids in [IMAGE_TOKEN] count as visual: one small family entry
     register_family(Family(name="bench_llama", model_types=("llama",), layers="model.layers", text_config=None,
                            vision=None, image_token_fields=("image_token_id",)), replace=True)
+    if args.check and max(check(sh, device, args.pattern, args.sink) for sh in args.shapes) > 1e-4:
+        raise SystemExit("exactness check failed: the sparse backends disagree on this device")
     print(f"torch {torch.__version__}, {device}, {args.dtype}, {torch.get_num_threads()} threads; pattern={args.pattern} "
           f"sink={args.sink} window={args.window}")
     header = (f"{'shape':5s} {'visual':>7s} {'core':>5s} {'fullKV':>7s} {'backend':>7s} | {'attn-pre':>8s} {'attn-dec':>8s} | "
