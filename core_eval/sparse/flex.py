@@ -16,7 +16,8 @@ about 10-30 s (less when inductor's on-disk cache already holds it); a later buc
 forward builds the block structure once (under 10 ms at 2k tokens) and every layer reuses it.
 Lengths are padded up to a power of two (>= 128): padded keys are masked out and padded query rows
 have no key blocks, so the padding costs memory copies, not attention work. A batch of another size
-compiles again. On the CPU the compiled kernel is exact but slower than the blocks path (one layer at
+compiles again, and so does a mask kind (``None`` vs a tensor); past torch's recompile limit
+(``torch._dynamo.config.recompile_limit``, 8 by default) torch runs further shapes eagerly: exact, slow. On the CPU the compiled kernel is exact but slower than the blocks path (one layer at
 8k tokens, 12 heads, window 256: 0.56 s vs 0.22 s; dense SDPA 0.86 s), so ``backend=auto`` uses flex
 on CUDA only; GPU speed is not measured yet (``benchmarks/sparse_attention.py --device cuda``).
 """
