@@ -15,15 +15,15 @@ from core_eval.sparse.flex import BLOCK
 FULL = torch.tensor([True, False, False, False])  # query head 0 full (KV head 0 shared with head 1: GQA)
 
 
-def case(T, masked, kind="text_only", window=37, seed=0):
-    """q/k/v ``(2, 4|2, T, 16)``, the model mask (``None`` or padding + an image block seen
+def case(T, masked, kind="text_only", window=37, seed=0, B=2):
+    """q/k/v ``(B, 4|2, T, 16)``, the model mask (``None`` or padding + an image block seen
     bidirectionally + holes), visual flags, pattern."""
     g = torch.Generator().manual_seed(seed)
-    B, H, Hkv, D = 2, 4, 2, 16
+    H, Hkv, D = 4, 2, 16
     q, k, v = (torch.randn(B, h, T, D, generator=g) for h in (H, Hkv, Hkv))
     visual = torch.zeros(B, T, dtype=torch.bool)
     visual[:, 40:T - 60] = True
-    mask = synthetic_mask(T, pad=(0, 7), block=(40, T - 60), prefix=0, holes=0.05)[:, None] if masked else None
+    mask = synthetic_mask(T, pad=(0, 7, 2, 5)[:B], block=(40, T - 60), prefix=0, holes=0.05)[:, None] if masked else None
     return q, k, v, mask, visual, Pattern(kind, n_sink=3, window=window)
 
 
@@ -43,17 +43,20 @@ def dense_blocks(num, idx, nb):
 @pytest.mark.parametrize("kind,window", [("streaming", 37), ("text_only", 37), ("streaming", 300)])
 def test_block_structure_covers_the_allowed_keys(masked, kind, window):
     """Every pair the oracle allows lies in a listed block; full blocks hold only allowed pairs; and
-    blocks really are skipped (the backend saves work)."""
+    blocks really are skipped (the backend saves work). A batch of 3 runs as 4: the padded row has
+    no block at all."""
     T = 333
-    q, k, v, mask, visual, pattern = case(T, masked, kind, window)
+    q, k, v, mask, visual, pattern = case(T, masked, kind, window, B=3)
     bm = plan_for(mask, visual, pattern, T).for_heads(FULL)
     nb, Tp = bucket(T) // BLOCK, bucket(T)
     part = dense_blocks(bm.kv_num_blocks, bm.kv_indices, nb)
     full = dense_blocks(bm.full_kv_num_blocks, bm.full_kv_indices, nb)
-    assert not (part & full).any()
+    assert not (part & full).any() and part.shape[0] == 4
+    assert not (part[3].any() or full[3].any())  # the padded batch row: no work
+    part, full = part[:3], full[:3]
     expand = lambda m: m.repeat_interleave(BLOCK, -2).repeat_interleave(BLOCK, -1)[..., :T, :T]  # noqa: E731
-    model = allowed_keys(mask, T, T, "cpu").expand(2, 1, T, T)
-    real, vis, sink = row_flags(mask, 2, T, "cpu", visual, pattern.n_sink)
+    model = allowed_keys(mask, T, T, "cpu").expand(3, 1, T, T)
+    real, vis, sink = row_flags(mask, 3, T, "cpu", visual, pattern.n_sink)
     i, j = torch.arange(T)[:, None], torch.arange(T)[None]
     keep = (i - j < window)[None, None] | pattern.far(real, vis, sink)[:, None, None, :]
     allowed = torch.where(FULL[None, :, None, None], model, model & keep)  # (B, H, T, T), as reference_hybrid
@@ -61,18 +64,19 @@ def test_block_structure_covers_the_allowed_keys(masked, kind, window):
     assert not (expand(full) & ~allowed).any()
     if window < T:
         assert (~(part | full)[:, 1:]).any()  # sparse heads skip blocks
-    # and the block mask's own dense view (what the kernel walks) agrees
-    assert bm.shape == (2, 4, Tp, Tp)
+    # the block mask runs at the buckets: batch 3 -> 4 rows, 333 tokens -> 512
+    assert bm.shape == (4, 4, Tp, Tp)
 
 
 def test_compiled_kernel_equals_the_oracle_and_compiles_once_per_bucket():
-    """One compile (a padded, bidirectional mask at 200 tokens), reused at 250 tokens (same bucket)
-    with another mask object: both exact to the explicit-mask oracle (<= 1e-5, float32)."""
+    """One compile (a padded, bidirectional mask at 200 tokens, batch 4), reused at 250 tokens and batch
+    3 (the same buckets: 256 tokens, 4 rows) with another mask object: both exact to the explicit-mask
+    oracle (<= 1e-5, float32)."""
     from torch._dynamo.utils import counters
 
     before, graphs = dict(COMPILE_SECONDS), []
-    for T in (200, 250):
-        q, k, v, mask, visual, pattern = case(T, True, seed=T)
+    for T, B in ((200, 4), (250, 3)):
+        q, k, v, mask, visual, pattern = case(T, True, seed=T, B=B)
         plan = plan_for(mask, visual, pattern, T)
         got = flex_prefill(q, k, v, plan, FULL, 0.25, compile=True).transpose(1, 2)
         want = reference_hybrid(q, k, v, mask, 0.25, FULL, pattern, visual)
@@ -80,7 +84,7 @@ def test_compiled_kernel_equals_the_oracle_and_compiles_once_per_bucket():
         graphs.append(counters["stats"]["unique_graphs"])  # session-wide (eager flex traces too): compare
     new = set(COMPILE_SECONDS) - set(before)
     assert len(new) == 1 and next(iter(new))[5] == bucket(250) == 256
-    assert graphs[1] == graphs[0]  # no recompile for the second length or mask
+    assert graphs[1] == graphs[0]  # no recompile for the second length, batch size or mask
 
 
 def test_flex_support_says_why_not():

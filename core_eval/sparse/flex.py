@@ -15,11 +15,13 @@ Costs (CPU, torch 2.14, measured here): the first call of a length bucket compil
 about 10-30 s (less when inductor's on-disk cache already holds it); a later bucket about 4-9 s; each
 forward builds the block structure once (under 10 ms at 2k tokens) and every layer reuses it.
 Lengths are padded up to a power of two (>= 128): padded keys are masked out and padded query rows
-have no key blocks, so the padding costs memory copies, not attention work. A batch of another size
-compiles again, and so does a mask kind (``None`` vs a tensor); past torch's recompile limit
-(``torch._dynamo.config.recompile_limit``, 8 by default) torch runs further shapes eagerly: exact, slow. On the CPU the compiled kernel is exact but slower than the blocks path (one layer at
-8k tokens, 12 heads, window 256: 0.56 s vs 0.22 s; dense SDPA 0.86 s), so ``backend=auto`` uses flex
-on CUDA only; GPU speed is not measured yet (``benchmarks/sparse_attention.py --device cuda``).
+have no key blocks, so the padding costs memory copies, not attention work. The batch is padded
+up to a power of two the same way (the last, smaller batch of an evaluation reuses the kernel). A mask
+kind (``None`` vs a tensor) compiles once more; past torch's recompile limit
+(``torch._dynamo.config.recompile_limit``, 8 by default) torch runs further shapes eagerly: exact, slow.
+On the CPU the compiled kernel is exact but slower than the blocks path (one layer at 8k tokens,
+12 heads, window 256: 0.56 s vs 0.22 s; dense SDPA 0.86 s), so ``backend=auto`` uses flex on CUDA
+only; GPU speed is not measured yet (``benchmarks/sparse_attention.py --device cuda``).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from core_eval.sparse.pattern import Pattern
 
 BLOCK = 128  # FlexAttention's default sparse block size (queries and keys)
 DTYPES = (torch.float32, torch.bfloat16, torch.float16)
-#: seconds of the first call per compiled shape ``(device, dtype, B, H, Hkv, T_bucket, D)``: compile time
+#: seconds of the first call per compiled shape ``(device, dtype, B_bucket, H, Hkv, T_bucket, D, compiled)``
 COMPILE_SECONDS: dict[tuple, float] = {}
 
 try:  # torch >= 2.5
@@ -47,9 +49,10 @@ except ImportError:  # pragma: no cover - exercised only on old torch
 _compiled = None
 
 
-def bucket(T: int) -> int:
-    """The padded length a prompt of ``T`` tokens runs at: the next power of two, at least :data:`BLOCK`."""
-    return max(BLOCK, 1 << (max(T, 1) - 1).bit_length())
+def bucket(T: int, least: int = BLOCK) -> int:
+    """The padded size ``T`` runs at: the next power of two, at least ``least`` (lengths: :data:`BLOCK`;
+    batches: 1, so the last, smaller batch of an evaluation reuses the kernel of the others)."""
+    return max(least, 1 << (max(T, 1) - 1).bit_length())
 
 
 def flex_support(device, dtype, attention_mask, *, compile: bool = True, requires_grad: bool = False) -> str | None:
@@ -100,23 +103,27 @@ class FlexPlan:
     def __init__(self, mask: torch.Tensor | None, far: torch.Tensor, pattern: Pattern, T: int):
         B, dev = far.shape[0], far.device
         self.B, self.T, self.Tp, self.pattern = B, T, bucket(T), pattern
+        Bp = self.Bp = bucket(B, 1)  # padded batch rows get no blocks: no work
         self.n = torch.tensor(T, device=dev)  # a tensor, so a new length in the same bucket does not recompile
         nb, W = self.Tp // BLOCK, pattern.window
         blk = torch.arange(nb, device=dev)
         qs, qe = blk[:, None] * BLOCK, blk[:, None] * BLOCK + BLOCK - 1  # first / last query of a block
         ks, ke = blk[None] * BLOCK, blk[None] * BLOCK + BLOCK - 1
         inside = (ks < T) & (qs < T)  # blocks wholly in the padding hold no work
-        if mask is None:  # causal
-            m_any, m_all = ((ks <= qe) & inside)[None], ((ke <= qs) & (ke < T) & (qe < T))[None]
+        if mask is None:  # causal; padded batch rows: nothing
+            row = (torch.arange(Bp, device=dev) < B)[:, None, None]
+            m_any, m_all = (ks <= qe) & inside & row, (ke <= qs) & (ke < T) & (qe < T) & row
         # The mask_mod reads the model's mask and the far flags padded to the bucket (padding: False), so
-        # a kernel compiled for the bucket serves every length in it (tensors of another shape recompile).
+        # a kernel compiled for the bucket serves every length and batch size in it (tensors of another
+        # shape recompile).
         self.mask = None
         if mask is not None:
-            self.mask = F.pad(mask.expand(B, 1, T, T), (0, self.Tp - T, 0, self.Tp - T))  # (B, 1, Tp, Tp)
-            mp = self.mask.view(B, nb, BLOCK, nb, BLOCK)
+            pad = (0, self.Tp - T, 0, self.Tp - T, 0, 0, 0, Bp - B)
+            self.mask = F.pad(mask.expand(B, 1, T, T), pad)  # (Bp, 1, Tp, Tp)
+            mp = self.mask.view(Bp, nb, BLOCK, nb, BLOCK)
             m_any, m_all = mp.any(4).any(2), mp.all(4).all(2)
-        self.far = F.pad(far, (0, self.Tp - T))  # (B, Tp)
-        farp = self.far.view(B, nb, BLOCK)
+        self.far = F.pad(far, (0, self.Tp - T, 0, Bp - B))  # (Bp, Tp)
+        farp = self.far.view(Bp, nb, BLOCK)
         # the pattern keeps (q, k) iff q - k < W or k is far: "some pair kept" / "every pair kept" per block
         p_any = (qs - ke < W)[None] | farp.any(2)[:, None, :]
         p_all = (qe - ks < W)[None] | farp.all(2)[:, None, :]
@@ -124,12 +131,12 @@ class FlexPlan:
         full_part = m_any & ~m_all
         sp_full = m_all & p_all
         sp_part = m_any & p_any & ~sp_full  # conservative: the mask_mod decides inside partial blocks
-        # ordered block lists for the two head kinds, (B, 2, nb[, nb]); a layer picks one per head
-        self._ordered = [_dense_to_ordered(torch.stack([a.expand(B, nb, nb), b.expand(B, nb, nb)], 1))
+        # ordered block lists for the two head kinds, (Bp, 2, nb[, nb]); a layer picks one per head
+        self._ordered = [_dense_to_ordered(torch.stack([a.expand(Bp, nb, nb), b.expand(Bp, nb, nb)], 1))
                          for a, b in ((full_part, sp_part), (full_full, sp_full))]
 
     def for_heads(self, full_heads: torch.Tensor) -> BlockMask:
-        """BlockMask ``(B, H, Tp, Tp)`` for query heads ``full_heads`` ``(H,)`` bool (True = full)."""
+        """BlockMask ``(Bp, H, Tp, Tp)`` for query heads ``full_heads`` ``(H,)`` bool (True = full)."""
         kind = (~full_heads).long().to(self.far.device)  # 0 = full, 1 = sparse
         (pn, pi), (fn, fi) = [(num.index_select(1, kind), idx.index_select(1, kind)) for num, idx in self._ordered]
         mask, far, n, W = self.mask, self.far, self.n, self.pattern.window
@@ -156,13 +163,14 @@ def flex_prefill(q, k, v, plan: FlexPlan, full_heads: torch.Tensor, scaling, com
     """All heads of a layer over a whole prompt: q ``(B, H, T, D)``, k/v ``(B, Hkv, T, D)`` -> ``(B, H, T, D)``.
 
     ``full_heads`` ``(H,)`` bool. Rows with no allowed key output zeros (as :func:`masked_sdpa`).
+    The call runs at the plan's buckets (batch and length padded up; padding sliced off).
     """
     B, H, T, D = q.shape
     Tp = plan.Tp
-    pad = (0, 0, 0, Tp - T)
+    pad = (0, 0, 0, Tp - T, 0, 0, 0, plan.Bp - B)  # length and batch up to the plan's buckets
     qp, kp, vp = F.pad(q, pad), F.pad(k, pad), F.pad(v, pad)
     fn = _kernel(compile)
-    key = (q.device.type, q.dtype, B, H, k.shape[1], Tp, D, compile)
+    key = (q.device.type, q.dtype, plan.Bp, H, k.shape[1], Tp, D, compile)
     first = compile and key not in COMPILE_SECONDS
     t = time.perf_counter()
     with warnings.catch_warnings():
@@ -173,4 +181,4 @@ def flex_prefill(q, k, v, plan: FlexPlan, full_heads: torch.Tensor, scaling, com
         if q.device.type == "cuda":
             torch.cuda.synchronize(q.device)
         COMPILE_SECONDS[key] = time.perf_counter() - t
-    return out[:, :, :T]
+    return out[:B, :, :T]
