@@ -12,11 +12,21 @@ heads with policy ``any``) it prints:
 * the attention share of the dense model and the Amdahl bound it implies
   (``1 / ((1 - share) + share / attention_speedup)``), and whole-model / bound.
 
-Times are process CPU times (robust when other processes share the cores; with one thread they
-equal wall time on an idle machine).
+On the CPU, times are process CPU times (robust when other processes share the cores; with one
+thread they equal wall time on an idle machine). On CUDA they are wall times between device
+synchronisations, and the table adds peak GPU memory of the prefill (dense and hybrid). The
+FlexAttention backend's compile time is reported apart: each configuration runs one untimed
+prefill first, and the seconds its first calls took per compiled shape are printed as
+``compile s`` (0 when the kernel was already compiled for that bucket).
 
     python benchmarks/sparse_attention.py [--sizes 2048 8192 16384] [--fracs 0.05 0.10]
         [--shapes mha gqa] [--pattern streaming] [--window 256] [--sink 4] [--decode-steps 8]
+        [--backend auto|flex|blocks] [--device cpu|cuda] [--dtype float32|bfloat16|float16]
+
+GPU, 7B-model shapes with random weights (one command; ~15 GB of weights per shape):
+
+    python benchmarks/sparse_attention.py --device cuda --dtype bfloat16 --shapes mha7b gqa7b \
+        --sizes 8192 16384 32768 65536 --fracs 0.05 0.10 --backend flex blocks --check
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+import warnings
 
 import torch
 from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaForCausalLM
@@ -32,29 +43,48 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from core_eval.adapters import Family, register_family
 from core_eval.attention.function import core_eval_attention
 from core_eval.attention.cache_kwarg import cache_kwarg
-from core_eval.attention.hybrid import HybridCache
+from core_eval.sparse import COMPILE_SECONDS, HybridCache
 from core_eval.intervene import apply_intervention
 from core_eval.spec import select_heads
 
 IMAGE_TOKEN = 31000
-SHAPES = {"mha": 12, "gqa": 4}
+#: name -> (layers, query heads, KV heads, hidden, MLP): ~160M CPU shapes; a 7B MHA (Llama-2-7B /
+#: Vicuna, LLaVA-1.5's LM) and the Qwen2.5-VL-7B text shape (28 x 28 query / 4 KV heads, head_dim 128)
+SHAPES = {"mha": (12, 12, 12, 768, 3072), "gqa": (12, 12, 4, 768, 3072),
+          "mha7b": (32, 32, 32, 4096, 11008), "gqa7b": (28, 28, 4, 3584, 18944)}
 _ATTN_TIME = [0.0]
+_DEVICE = [torch.device("cpu")]
+
+
+def clock() -> float:
+    """Process CPU time on the CPU; wall time after a device synchronisation on CUDA."""
+    if _DEVICE[0].type == "cuda":
+        torch.cuda.synchronize(_DEVICE[0])
+        return time.perf_counter()
+    return time.process_time()
 
 
 def timed_attention(*args, **kwargs):
-    t = time.process_time()
+    t = clock()
     out = core_eval_attention(*args, **kwargs)
-    _ATTN_TIME[0] += time.process_time() - t
+    _ATTN_TIME[0] += clock() - t
     return out
 
 
-def build(kv_heads: int, seed=0):
+def build(shape: str, device, dtype, seed=0):
     torch.manual_seed(seed)
-    cfg = LlamaConfig(vocab_size=32000, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                      num_attention_heads=12, num_key_value_heads=kv_heads, max_position_embeddings=32768,
+    L, H, KV, hidden, mlp = SHAPES[shape]
+    cfg = LlamaConfig(vocab_size=32000, hidden_size=hidden, intermediate_size=mlp, num_hidden_layers=L,
+                      num_attention_heads=H, num_key_value_heads=KV, max_position_embeddings=131072,
                       rope_theta=1e6)
     cfg.image_token_id = IMAGE_TOKEN
-    model = LlamaForCausalLM(cfg).eval()
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)  # random weights created in the target dtype, on the target device
+    try:
+        with torch.device(device):
+            model = LlamaForCausalLM(cfg).eval()
+    finally:
+        torch.set_default_dtype(previous)
     model.set_attn_implementation("bench_timed")  # dense == SDPA through the same timed entry point
     return model
 
@@ -62,22 +92,27 @@ def build(kv_heads: int, seed=0):
 def inputs_for(n_visual: int):
     ids = torch.randint(0, 30000, (1, n_visual + 48))
     ids[0, 16 : 16 + n_visual] = IMAGE_TOKEN
-    return {"input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    return {"input_ids": ids.to(_DEVICE[0]), "attention_mask": torch.ones_like(ids).to(_DEVICE[0])}
 
 
 def run(model, inputs, decode_steps, hybrid=None):
-    """(prefill s, prefill attention s, decode step s, decode attention s, kv bytes)."""
+    """(prefill s, prefill attention s, decode step s, decode attention s, kv bytes, peak prefill bytes)."""
     cache = DynamicCache(config=model.config)
     if hybrid:
         cache = HybridCache(model.config, {l: (a.n_full_kv, a.pattern) for l, a in hybrid.items()})
         for l, a in hybrid.items():
             a.cache_layer = cache.layers[l]
     kw = cache_kwarg(model)  # outside the timed region
+    cuda = _DEVICE[0].type == "cuda"
+    if cuda:
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(_DEVICE[0])
     with torch.no_grad():
         _ATTN_TIME[0] = 0.0
-        t = time.process_time()
+        t = clock()
         out = model(**inputs, **{kw: cache}, use_cache=True, logits_to_keep=1)  # as generate() prefills
-        prefill, prefill_attn = time.process_time() - t, _ATTN_TIME[0]
+        prefill, prefill_attn = clock() - t, _ATTN_TIME[0]
+        peak = torch.cuda.max_memory_allocated(_DEVICE[0]) if cuda else 0
         kv = cache.kv_bytes() if hybrid else sum((l.keys.numel() + l.values.numel()) * l.keys.element_size()
                                                   for l in cache.layers)
         tok = out.logits[:, -1:].argmax(-1)
@@ -86,12 +121,41 @@ def run(model, inputs, decode_steps, hybrid=None):
         for _ in range(decode_steps):
             mask = torch.cat([mask, torch.ones_like(tok)], 1)
             _ATTN_TIME[0] = 0.0
-            t = time.process_time()
+            t = clock()
             out = model(input_ids=tok, attention_mask=mask, **{kw: cache}, use_cache=True)
-            steps.append(time.process_time() - t)
+            steps.append(clock() - t)
             attn.append(_ATTN_TIME[0])
             tok = out.logits[:, -1:].argmax(-1)
-    return prefill, prefill_attn, statistics.median(steps), statistics.median(attn), kv
+    return prefill, prefill_attn, statistics.median(steps), statistics.median(attn), kv, peak
+
+
+def check(shape: str, device, pattern: str, sink: int, n_visual: int = 1000) -> float:
+    """Exactness on this device before timing: a 2-layer float32 model of ``shape``; the flex and blocks
+    backends must agree (each is tested against the explicit-mask oracle on the CPU), and with a window
+    covering the prompt the hybrid model must equal the dense one. Returns the largest difference."""
+    L, H, KV, hidden, mlp = SHAPES[shape]
+    SHAPES["_check"] = (2, H, KV, hidden, mlp)
+    model = build("_check", device, torch.float32)
+    inputs = inputs_for(n_visual)
+    heads = [(0, 0), (1, 1)]
+    with torch.no_grad():
+        dense = model(**inputs).logits
+        got = {}
+        for backend, window in (("flex", 64), ("blocks", 64), ("flex", 10**6)):
+            iv = apply_intervention(model, heads, pattern, sink=sink, window=window, backend=backend)
+            model.set_attn_implementation("bench_timed")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)  # "the window covers the prompt": intended here
+                got[backend, window] = model(**inputs).logits
+            iv.remove()
+            model.set_attn_implementation("bench_timed")
+    worst = max((got["flex", 64] - got["blocks", 64]).abs().max().item(),
+                (got["flex", 10**6] - dense).abs().max().item())
+    moved = (got["flex", 64] - dense).abs().max().item()
+    print(f"check {shape}: flex vs blocks / nothing-dropped vs dense: max |diff| {worst:.2e} "
+          f"(the pattern itself moves logits by {moved:.2e})", flush=True)
+    del model
+    return worst
 
 
 def main():
@@ -103,45 +167,66 @@ def main():
     ap.add_argument("--window", type=int, default=256)
     ap.add_argument("--sink", type=int, default=4)
     ap.add_argument("--decode-steps", type=int, default=8)
+    ap.add_argument("--backend", nargs="+", default=["auto"], choices=["auto", "flex", "blocks"],
+                    help="prefill backends of the hybrid model, each measured against the same dense run")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: robust on a shared machine)")
+    ap.add_argument("--check", action="store_true",
+                    help="first check exactness on this device (float32, 2 layers per shape); exit 1 above 1e-4")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    _DEVICE[0] = device = torch.device(args.device)
+    dtype = getattr(torch, args.dtype)
 
     AttentionInterface.register("bench_timed", timed_attention)
     AttentionMaskInterface.register("bench_timed", sdpa_mask)
     # the benchmark's token ids in [IMAGE_TOKEN] count as visual: one small family entry
     register_family(Family(name="bench_llama", model_types=("llama",), layers="model.layers", text_config=None,
                            vision=None, image_token_fields=("image_token_id",)), replace=True)
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; pattern={args.pattern} "
+    if args.check and max(check(sh, device, args.pattern, args.sink) for sh in args.shapes) > 1e-4:
+        raise SystemExit("exactness check failed: the sparse backends disagree on this device")
+    print(f"torch {torch.__version__}, {device}, {args.dtype}, {torch.get_num_threads()} threads; pattern={args.pattern} "
           f"sink={args.sink} window={args.window}")
-    header = (f"{'shape':5s} {'visual':>7s} {'core':>5s} {'fullKV':>7s} | {'attn-pre':>8s} {'attn-dec':>8s} | "
-              f"{'prefill':>7s} {'decode':>7s} | {'KV dense MB':>11s} {'KV ratio':>8s} | {'attn share':>10s} "
-              f"{'Amdahl':>6s} {'pre/bound':>9s}")
+    header = (f"{'shape':5s} {'visual':>7s} {'core':>5s} {'fullKV':>7s} {'backend':>7s} | {'attn-pre':>8s} {'attn-dec':>8s} | "
+              f"{'prefill':>7s} {'decode':>7s} | {'KV dense MB':>11s} {'KV ratio':>8s} | {'peak MB d/h':>13s} | "
+              f"{'attn share':>10s} {'Amdahl':>6s} {'pre/bound':>9s} | {'compile s':>9s} | {'dense pre s':>11s} {'dec ms':>7s}")
     print(header)
     for shape in args.shapes:
-        model = build(SHAPES[shape])
-        L, H = 12, 12
+        model = build(shape, device, dtype)
+        L, H, KV = SHAPES[shape][:3]
         g = torch.Generator().manual_seed(0)
         scores = torch.rand(L, H, generator=g).numpy()
-        run(model, inputs_for(256), 2)  # warm-up (thread pools, allocator)
+        run(model, inputs_for(256), 2)  # warm-up (thread pools, allocator, kernels)
         for n in args.sizes:
             inputs = inputs_for(n)
-            dp, dpa, dd, dda, dkv = run(model, inputs, args.decode_steps)
+            dp, dpa, dd, dda, dkv, dpeak = run(model, inputs, args.decode_steps)
             share = dpa / dp
             for frac in args.fracs:
                 heads = select_heads(scores, "top", frac=frac)
-                iv = apply_intervention(model, heads, args.pattern, sink=args.sink, window=args.window)
-                hybrid = {l: model.model.layers[l].self_attn._core_eval_compute for l in iv.variant.hybrid_layers}
-                n_full = sum(len(v) for v in iv.variant.full_kv.values())
-                model.set_attn_implementation("bench_timed")
-                sp, spa, sd, sda, skv = run(model, inputs, args.decode_steps, hybrid)
-                iv.remove()
-                model.set_attn_implementation("bench_timed")
-                attn_pre = dpa / spa
-                bound = 1 / ((1 - share) + share / attn_pre)
-                print(f"{shape:5s} {n:7d} {frac:5.0%} {n_full / (L * SHAPES[shape]):7.1%} | {attn_pre:7.2f}x "
-                      f"{dda / sda:7.2f}x | {dp / sp:6.2f}x {dd / sd:6.2f}x | {dkv / 2**20:11.1f} {skv / dkv:8.3f} | "
-                      f"{share:10.1%} {bound:5.2f}x {(dp / sp) / bound:9.1%}", flush=True)
+                for backend in args.backend:
+                    iv = apply_intervention(model, heads, args.pattern, sink=args.sink, window=args.window,
+                                            backend=backend)
+                    hybrid = {l: model.model.layers[l].self_attn._core_eval_compute for l in iv.variant.hybrid_layers}
+                    n_full = sum(len(v) for v in iv.variant.full_kv.values())
+                    model.set_attn_implementation("bench_timed")
+                    compiled = dict(COMPILE_SECONDS)
+                    run(model, inputs, 1, hybrid)  # untimed: compiles the flex kernel for this bucket, if needed
+                    compile_s = sum(v for k, v in COMPILE_SECONDS.items() if k not in compiled)
+                    sp, spa, sd, sda, skv, speak = run(model, inputs, args.decode_steps, hybrid)
+                    used = {a.last_backend for a in hybrid.values()}
+                    iv.remove()
+                    model.set_attn_implementation("bench_timed")
+                    attn_pre = dpa / spa
+                    bound = 1 / ((1 - share) + share / attn_pre)
+                    peak = f"{dpeak / 2**20:6.0f}/{speak / 2**20:<6.0f}" if device.type == "cuda" else "-"
+                    print(f"{shape:5s} {n:7d} {frac:5.0%} {n_full / (L * KV):7.1%} {'/'.join(sorted(used)):>7s} | "
+                          f"{attn_pre:7.2f}x {dda / sda:7.2f}x | {dp / sp:6.2f}x {dd / sd:6.2f}x | {dkv / 2**20:11.1f} "
+                          f"{skv / dkv:8.3f} | {peak:>13s} | {share:10.1%} {bound:5.2f}x {(dp / sp) / bound:9.1%} | "
+                          f"{compile_s:9.1f} | {dp:11.3f} {dd * 1e3:7.1f}", flush=True)
+        del model
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
 
 
 if __name__ == "__main__":

@@ -254,6 +254,7 @@ def plan(
 
     chosen, selection = resolve_heads(shape, spec=spec, heads=heads, frac=frac, k=k, seed=seed, threshold=threshold)
     variant = _make_variant(ablation, sparse, variant_options)
+    chosen = _honour_kv_policy(variant, spec, shape, chosen, variant_options)
     variant.check(shape, chosen)
     p = Plan(str(pretrained), shape, family, chosen, selection, variant, spec, spec_path,
              means_probes, means_n, revision)
@@ -306,6 +307,29 @@ def _check_spec_identity(spec, spec_path, pretrained, config, family, allow: boo
         return
     raise LoadError(f"{what}. Score this model (core-eval score), or pass allow_foreign_spec=True "
                     "(lm-eval / VLMEvalKit: allow_foreign_spec=true) if its heads really correspond")
+
+
+def _honour_kv_policy(variant: Variant, spec, shape: ModelShape, chosen, options):
+    """Sparse variants take the spec's ``kv_policy`` unless ``kv_policy`` was given as an option.
+
+    ``mean`` (a KV budget of ``ceil(heads / groups)`` ranked by the mean score of each KV group's query
+    heads) needs the spec's selection score: it is resolved here into whole KV groups, every query head
+    of a chosen KV head, which the variant then keeps full. Returns the (possibly expanded) heads.
+    """
+    if variant.kind != "sparse" or "kv_policy" not in variant.config:
+        return chosen
+    if spec is not None and "kv_policy" not in (options or {}):
+        variant.config["kv_policy"] = spec.kv_policy
+    variant.kv_policy_source = "option" if "kv_policy" in (options or {}) else "spec" if spec is not None else "default"
+    if variant.config["kv_policy"] != "mean":
+        return chosen
+    from core_eval.spec import HeadSpecError, kv_to_query_heads, to_kv_heads
+
+    score = None if spec is None else spec.scores.get(spec.selection.get("score"))
+    try:
+        return kv_to_query_heads(to_kv_heads(chosen, shape, "mean", scores=score), shape)
+    except HeadSpecError as e:
+        raise LoadError(f"kv_policy=mean: {e}. Use kv_policy=any or all, or a head spec with a selection score") from None
 
 
 def _make_variant(ablation, sparse, options) -> Variant:

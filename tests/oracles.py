@@ -55,12 +55,12 @@ HYBRID_STATE: dict = {}  # "full": {layer: (H,) bool}, "pattern": Pattern, "visu
 
 
 def hybrid_oracle(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
-    """Dense attention with an explicit per-head boolean mask (core_eval.attention.hybrid.reference_hybrid):
+    """Dense attention with an explicit per-head boolean mask (core_eval.sparse.reference_hybrid):
     the mask the model built (``sdpa_mask`` is registered under this name, so Gemma 3's bidirectional
     image blocks arrive here) for full heads, that mask AND the sparse pattern for the others."""
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
 
-    from core_eval.attention.hybrid import reference_hybrid
+    from core_eval.sparse import reference_hybrid
 
     full = HYBRID_STATE["full"].get(module.layer_idx)
     if full is None:

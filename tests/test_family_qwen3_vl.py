@@ -15,7 +15,7 @@ from PIL import Image
 import test_sparse
 from core_eval.adapters import adapter_for, registered_families
 from core_eval.adapters.regions import image_token_rects, token_rects
-from core_eval.attention.hybrid import permute_layer, unpermute_layer
+from core_eval.sparse import permute_layer, unpermute_layer
 from core_eval.intervene import apply_intervention
 from core_eval.prompting import encode
 from core_eval.testing import synthetic_image

@@ -15,7 +15,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from core_eval.adapters import adapter_for
 from core_eval.attention.cache_kwarg import cache_kwarg
-from core_eval.attention.hybrid import Pattern, reference_hybrid, sparse_prefill
+from core_eval.sparse import Pattern, reference_hybrid, sparse_prefill
 from core_eval.attention.reference import allowed_keys
 from core_eval.intervene import apply_intervention
 

@@ -72,6 +72,13 @@ def test_core_hf_passes_variant_options_by_name(weightless):
     core, _ = split_args({"pretrained": str(weightless), "heads": "0:0", "sparse": "streaming", "block": "8",
                           "window": "16"})
     assert make_plan(str(weightless), core).variant.config["block"] == 8  # not settable before #17
+    core, _ = split_args({"pretrained": str(weightless), "heads": "0:0", "sparse": "streaming", "backend": "flex",
+                          "flex_compile": "false"})
+    config = make_plan(str(weightless), core).variant.config
+    assert config["backend"] == "flex" and config["flex_compile"] is False
+    with pytest.raises(core_eval.masks.VariantError, match="backend='fast': use one of auto, flex, blocks"):
+        make_plan(str(weightless), split_args({"pretrained": str(weightless), "heads": "0:0", "sparse": "streaming",
+                                               "backend": "fast"})[0])
 
 
 def test_vlmeval_passes_variant_options_by_name(weightless):

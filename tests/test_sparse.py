@@ -14,7 +14,7 @@ import oracles
 from core_eval import load
 from core_eval.adapters import adapter_for
 from core_eval.attention.cache_kwarg import cache_kwarg
-from core_eval.attention.hybrid import HybridCache, HybridLayer, Pattern
+from core_eval.sparse import HybridCache, HybridLayer, Pattern
 from core_eval.intervene import apply_intervention
 
 FULL = [(0, 0), (1, 2), (1, 3), (2, 1)]
@@ -42,17 +42,66 @@ def oracle_logits(model, inputs, full_kv, kind, visual_ids):
         ad.set_lm_attention("sdpa")
 
 
+# backend=flex with the eager FlexAttention (exact, no compile); the compiled kernel: test_sparse_flex.py
+FLEX = dict(backend="flex", flex_compile=False)
+# every family once (streaming), text_only where the mask is not plain causal (Gemma 3, PaliGemma) and on a GQA VLM
+FLEX_CASES = [(f, "streaming") for f in ALL_FAMILIES] + [(f, "text_only") for f in ("gemma3", "paligemma", "qwen2_vl")]
+
+
+def hybrid_backends(model, iv) -> set[str]:
+    """The prefill backends the hybrid layers used last."""
+    ad = adapter_for(model)
+    return {ad.attention(l)._core_eval_compute.last_backend for l in iv.variant.hybrid_layers}
+
+
 @pytest.mark.parametrize("family,kind", CASES)
 def test_fast_paths_equal_the_explicit_mask_oracle(models, family, kind):
+    check_against_oracle(models, family, kind, block=16)
+
+
+@pytest.mark.parametrize("family,kind", FLEX_CASES)
+def test_flex_backend_equals_the_explicit_mask_oracle(models, family, kind):
+    """One FlexAttention call per layer, composed with the mask the model passes (Gemma 3's
+    bidirectional image blocks, left padding), prefill and greedy decode through the hybrid cache."""
+    check_against_oracle(models, family, kind, **FLEX)
+
+
+@pytest.fixture
+def visual_keep():
+    """A pattern of one's own: sparse heads keep every visual token at any distance (and the sinks +
+    window) and drop distant text, the reverse of text_only; registered for this test only."""
+    from core_eval.masks import register_variant
+    from core_eval.masks.registry import _REGISTRY
+    from core_eval.sparse import PATTERNS, register_pattern
+    from core_eval.sparse.variant import SparseVariant
+
+    register_pattern("test_visual_keep", lambda real, visual, sink: sink | visual, needs_visual=True)
+
+    @register_variant
+    class VisualKeep(SparseVariant):
+        name = pattern_kind = "test_visual_keep"
+
+    yield "test_visual_keep"
+    del _REGISTRY["test_visual_keep"], PATTERNS["test_visual_keep"]
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+@pytest.mark.parametrize("backend", ["blocks", "flex"])
+def test_a_registered_pattern_equals_the_oracle(models, visual_keep, family, backend):
+    check_against_oracle(models, family, visual_keep, backend=backend, flex_compile=False)
+
+
+def check_against_oracle(models, family, kind, **options):
     model, proc, inputs = models(family)
     T = inputs["input_ids"].shape[1]
     with torch.no_grad():
         dense = model(**inputs).logits
-    iv = apply_intervention(model, FULL, kind, sink=SINK, window=WINDOW, block=16)
+    iv = apply_intervention(model, FULL, kind, sink=SINK, window=WINDOW, **options)
     try:
         assert iv.variant.hybrid_layers, "no layer became hybrid"
         with torch.no_grad():
             got = model(**inputs).logits
+            assert hybrid_backends(model, iv) == {options.get("backend", "blocks")}  # auto: short prompts -> blocks
             gen = model.generate(**inputs, max_new_tokens=20, min_new_tokens=20, do_sample=False)
     finally:
         full_kv = iv.variant.full_kv
@@ -147,3 +196,54 @@ def test_load_with_sparse_records_the_full_kv_heads(tiny_dir, tmp_path):
 
     with pytest.raises(LoadError, match="both given"):
         load(d, spec=spec, heads="top", ablation="zero", sparse="streaming")
+
+
+def test_load_honours_the_spec_kv_policy(tiny_dir, tmp_path):
+    """The spec's kv_policy decides the full KV heads unless kv_policy is given; ``mean`` keeps the
+    ``ceil(heads / groups)`` KV groups of highest mean score whole (Qwen2-VL tiny: GQA)."""
+    from core_eval.adapters import shape_from_config
+    from core_eval.loading import load_config
+    from core_eval.spec import spec_from_scores, to_kv_heads
+
+    d = tiny_dir("qwen2_vl")
+    shape = shape_from_config(load_config(d))
+    assert shape.groups > 1
+    ram = np.random.default_rng(1).random((shape.num_layers, shape.num_heads))
+    opts = {"window": 8, "sink": 2}
+    full = {}
+    for policy in ("any", "all", "mean"):
+        spec = spec_from_scores({"ram": ram}, {"name": "t"}, {"name": "ram-v1"}, shape=shape, frac=0.25,
+                                kv_policy=policy).write(tmp_path / f"{policy}.json")
+        v = load(d, spec=spec, heads="top", frac=0.25, sparse="streaming", variant_options=opts).summary["variant"]
+        assert v["options"]["kv_policy"] == policy and v["kv_policy_source"] == "spec"
+        full[policy] = sorted((int(k.split("_")[1]), h) for k, hs in v["full_kv_heads"].items() for h in hs)
+    heads = spec_from_scores({"ram": ram}, {"name": "t"}, {"name": "ram-v1"}, shape=shape, frac=0.25).heads
+    assert full["any"] == to_kv_heads(heads, shape, "any") and full["all"] == to_kv_heads(heads, shape, "all")
+    assert full["mean"] == to_kv_heads(heads, shape, "mean", scores=ram)
+    assert len({tuple(full[p]) for p in full}) == 3  # the three policies really differ here
+    v = load(d, spec=tmp_path / "mean.json", heads="top", frac=0.25, sparse="streaming",
+             variant_options={**opts, "kv_policy": "any"}).summary["variant"]
+    assert v["options"]["kv_policy"] == "any" and v["kv_policy_source"] == "option"
+
+
+def test_backend_choice_says_why(models, monkeypatch):
+    """auto keeps the blocks path on the CPU and says so; a configuration flex cannot run makes auto
+    fall back with flex_support's reason and backend=flex refuse with it."""
+    import core_eval.sparse.attention as hybrid_attention
+
+    model, proc, inputs = models("llava")
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW)  # backend=auto
+    try:
+        with torch.no_grad():
+            model(**inputs)
+        layer = adapter_for(model).attention(iv.variant.hybrid_layers[0])._core_eval_compute
+        assert (layer.last_backend, layer.last_reason) == ("blocks", hybrid_attention.CPU_AUTO_REASON)
+    finally:
+        iv.remove()
+    monkeypatch.setattr(hybrid_attention, "flex_support", lambda *a, **k: "no flex for this test")
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW, backend="flex")
+    try:
+        with torch.no_grad(), pytest.raises(RuntimeError, match="backend=flex cannot run this prefill: no flex for this test"):
+            model(**inputs)
+    finally:
+        iv.remove()

@@ -32,7 +32,10 @@ from core_eval.masks.registry import (
 )
 
 # Built-in variants register themselves on import.
-from core_eval.masks import mean, streaming, text_only, uniform, visual_knockout, zero  # noqa: E402,F401
+from core_eval.masks import mean, uniform, visual_knockout, zero  # noqa: E402,F401
+# streaming / text_only live with the rest of sparse attention; `from pkg import module` tolerates the
+# cycle when core_eval.sparse.variant is imported first (it imports core_eval.masks.base).
+from core_eval.sparse import variant as _sparse_variants  # noqa: E402,F401
 
 __all__ = [
     "ENTRY_POINT_GROUP",

@@ -128,27 +128,37 @@ class Patcher:
 
         self._handles.append(self.adapter.o_proj(layer).register_forward_pre_hook(pre_hook))
 
-    def attention(self, layer: int, patch) -> None:
-        """Attach ``patch`` to ``layer``'s attention; the LM switches to the core_eval backend."""
+    def _use_core_eval_attention(self, what: str) -> None:
+        """Switch the LM to the core_eval attention function (once), refusing flash attention:
+        core_eval's function is SDPA / FlexAttention based and needs the model's explicit mask, so
+        it would silently replace the flash kernels asked for."""
         if self._previous_backend is None and self.backend != ensure_registered():
+            if str(self.backend).startswith("flash_attention"):
+                raise VariantError(
+                    f"{what} changes the attention computation, which core_eval does with its own SDPA / "
+                    f"FlexAttention function, but the model was loaded with attn_implementation={self.backend!r}. "
+                    'Load it with attn_implementation="sdpa" (the default); the zero and mean ablations work on '
+                    "any attention backend.")
             self._previous_backend = self.backend
             self.adapter.set_lm_attention(ensure_registered())
+
+    def attention(self, layer: int, patch) -> None:
+        """Attach ``patch`` to ``layer``'s attention; the LM switches to the core_eval backend."""
+        self._use_core_eval_attention(f"attention patch {type(patch).__name__}")
         module = self.adapter.attention(layer)
         attach_patch(module, patch)
         self._patched.append((module, patch))
 
     def compute(self, layer: int, fn) -> None:
         """Replace ``layer``'s attention computation by ``fn`` (see ``set_compute``)."""
-        if self._previous_backend is None and self.backend != ensure_registered():
-            self._previous_backend = self.backend
-            self.adapter.set_lm_attention(ensure_registered())
+        self._use_core_eval_attention("hybrid sparse attention")
         module = self.adapter.attention(layer)
         set_compute(module, fn)
         self._computed.append(module)
 
     def permute_heads(self, layer: int, full_kv: list[int]) -> None:
         """Put KV heads ``full_kv`` (and their query heads) first in ``layer``; undone by remove()."""
-        from core_eval.attention.hybrid import permute_layer
+        from core_eval.sparse.permute import permute_layer
 
         s, names = self.adapter.shape, (*self.adapter.family.qkv, self.adapter.family.o_proj)
         perm = permute_layer(self.adapter.attention(layer), full_kv, s.num_kv_heads, s.groups, s.head_dim, names)
@@ -188,7 +198,7 @@ class Patcher:
             set_compute(module, None)
         self._computed.clear()
         if self._permuted:
-            from core_eval.attention.hybrid import unpermute_layer
+            from core_eval.sparse.permute import unpermute_layer
 
             s, names = self.adapter.shape, (*self.adapter.family.qkv, self.adapter.family.o_proj)
             for layer, perm in reversed(self._permuted):
