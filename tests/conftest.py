@@ -20,10 +20,39 @@ try:
 except ImportError:  # plain `pytest` without an install: use the checkout
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from core_eval.testing import FAMILIES, TEXT_FAMILIES, VLM_FAMILIES, cache_root, tiny_model_dir
+from core_eval.testing import (
+    FAMILIES,
+    TEXT_FAMILIES,
+    VLM_FAMILIES,
+    cache_root,
+    tiny_model_dir,
+)
 
 ALL_FAMILIES: tuple[str, ...] = FAMILIES
 __all__ = ["ALL_FAMILIES", "TEXT_FAMILIES", "VLM_FAMILIES"]
+
+
+def pytest_configure(config):
+    """Under pytest-xdist (the README's test command runs ``-n auto``) the workers share the cores:
+    give each worker's torch its share of threads instead of every worker using them all."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
+def accelerate_launch(*args: str) -> list[str]:
+    """``accelerate launch`` of 2 CPU processes on a free port (tests may run side by side under
+    pytest-xdist, and two launches on accelerate's default port 29500 would collide)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return [str(Path(sys.executable).parent / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2",
+            "--num_machines", "1", "--main_process_port", str(port), "--mixed_precision", "no",
+            "--dynamo_backend", "no", *args]
 
 
 @pytest.fixture(scope="session")

@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from core_eval.demo import DemoConfig, run_demo
+
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def _model_dir(tiny_dir):
@@ -19,9 +28,23 @@ def _model_dir(tiny_dir):
         return tiny_dir("llava")
 
 
+def _readme_demo_command() -> str:
+    """The README's main job (`bash .ci/setup && .venv/bin/core-eval demo`) without the set-up CI ran."""
+    text = (REPO / "README.md").read_text()
+    (line,) = [ln for ln in text.splitlines() if ln.startswith("bash .ci/setup && ") and " demo" in ln]
+    return line.removeprefix("bash .ci/setup && ")
+
+
 def test_demo_runs_end_to_end_and_resumes(tmp_path, tiny_dir):
+    """The README's demo command (``--small``), then a rerun in Python that reuses every step."""
     out = tmp_path / "demo"
-    report = run_demo(out, model_dir=_model_dir(tiny_dir), config=DemoConfig.small())
+    cmd = _readme_demo_command().replace(".venv/bin/", f"{Path(sys.executable).parent}/")
+    cmd += f" --small --out {out} --model {_model_dir(tiny_dir)}"
+    proc = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, cwd=REPO, timeout=1800,
+                          env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"})
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    report = out / "report"
+    assert "demo finished" in proc.stdout and str(report / "report.md") in proc.stdout
     for f in ("report.html", "report.md", "causal.csv", "heads.csv", "ram_vs_causal.csv", "speed.csv"):
         assert (report / f).is_file(), f
     causal = pd.read_csv(report / "causal.csv")

@@ -11,11 +11,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import accelerate_launch
 
 import core_eval
 from core_eval.adapters import shape_from_config
 from core_eval.loading import load_config
 from core_eval.spec import spec_from_scores
+
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
 
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "task_configs"
@@ -144,8 +147,7 @@ def test_accelerate_data_parallel_two_cpu_processes(tmp_path, tiny_dir):
     d = tiny_dir("llava")
     out = tmp_path / "out"
     # `accelerate launch --cpu` starts one process; torchrun-style launch + ACCELERATE_USE_CPU gives 2 (README)
-    launcher = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-                "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lm_eval"]
+    launcher = accelerate_launch("-m", "lm_eval")
     proc = lm_eval("--model", "core_hf", "--model_args", f"pretrained={d},heads=1:0;2:1,ablation=uniform",
                    "--tasks", "core_grid_needle", "--limit", 4, "--output_path", out, *COMMON, launcher=launcher,
                    env={"ACCELERATE_USE_CPU": "true"})

@@ -21,6 +21,8 @@ from core_eval.adapters import shape_from_config
 from core_eval.loading import load_config
 from core_eval.spec import spec_from_scores
 
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
+
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[1]
 TASKS = ("core_grid_needle", "core_video_needle")

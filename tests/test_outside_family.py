@@ -17,6 +17,8 @@ import core_eval
 from core_eval.adapters import UnsupportedArchitectureError, family_source, register_family, registered_families
 from core_eval.adapters.regions import sample_region_masks
 
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
+
 HERE = Path(__file__).resolve().parent
 OUTSIDE = HERE / "outside_family"
 REF = "core_eval_outside_mistral3:FAMILY"

@@ -14,6 +14,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 SECTION = "## Score heads, then evaluate without them"
@@ -77,16 +81,35 @@ def test_the_readme_workflow_runs_as_written_and_reports_every_run(tmp_path, tin
     assert (report / "plots" / "heads.png").is_file() and "plots/heads.png" in manifest["files"]
 
 
+def _write_tubes(root: Path) -> None:
+    """``tubes.jsonl`` in the documented row format: a frame folder at 4 fps, a segment and a frame list."""
+    import numpy as np
+    from PIL import Image
+
+    (root / "clip").mkdir()
+    for k in range(8):
+        Image.fromarray(np.random.default_rng(k).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / "clip" / f"{k}.png")
+    rows = [{"id": "t0", "video": "clip", "fps": 4, "segment": [0.5, 1.5], "boxes": {"2": [4, 4, 30, 30], "4": [8, 8, 40, 40]},
+             "question": "What is it?", "answer": "noise"},
+            {"id": "t1", "video": "clip", "fps": 4, "frames": [1, 4], "boxes": {"2": [0, 0, 20, 20]},
+             "question": "Where?", "answer": "left"}]
+    (root / "tubes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_the_readme_video_lmms_eval_and_stability_blocks_run_as_written(tmp_path, tiny_dir):
     """The video scoring line, the lmms-eval block (with the CPU arguments the README names) and the
     stability block on the shipped organism."""
     qwen = str(tiny_dir("qwen2_5_vl"))
     env = {**_env(), "CORE_EVAL_CACHE": str(tmp_path / "cache")}
     (tmp_path / "head_masks").mkdir()
-    video = block_commands("video: Qwen2-VL / 2.5-VL / 3-VL")[0]
-    assert "--probes video_needle" in video
+    video, tubes = block_commands("video: Qwen2-VL / 2.5-VL / 3-VL")
+    assert "--probes video_needle" in video and "--probes video:tubes.jsonl" in tubes
     _run(video.replace("path/to/qwen2_5_vl", qwen).replace("--n 64", "--n 4"), tmp_path, env)
     assert json.loads((tmp_path / "head_masks" / "video.json").read_text())["scorer"]["probes"] == "video_needle"
+    _write_tubes(tmp_path)
+    _run(tubes.replace("path/to/qwen2_5_vl", qwen), tmp_path, env)
+    vidstg = json.loads((tmp_path / "head_masks" / "vidstg.json").read_text())["scorer"]
+    assert vidstg["probes"] == "video:tubes.jsonl" and vidstg["n_samples"] == 2
     _run(workflow_commands()[0].replace("path/to/checkpoint", qwen).replace("--n 256", "--n 8"), tmp_path, env)
     (lmms,) = block_commands("### In lmms-eval")
     lmms = lmms.replace("path/to/qwen2.5-vl", qwen).replace("ablation=zero", "ablation=zero,device_map=cpu")
@@ -129,3 +152,36 @@ def test_the_readme_data_source_block_runs_as_written(tmp_path, tiny_dir):
     specs = [json.loads((tmp_path / p).read_text()) for p in ("head_masks/m_refcocog.json", "out1.json", "out2.json",
                                                               "out3.json")]
     assert all(s["scorer"]["n_samples"] >= 1 for s in specs)
+
+
+def python_block(after: str) -> str:
+    """The first python block after the README line ``after``."""
+    text = (REPO / "README.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text[text.index(after):], flags=re.S)[0]
+
+
+def test_the_readme_load_and_family_blocks_run_as_written(tmp_path, tiny_dir, monkeypatch):
+    """``core_eval.load`` as the README shows it (a tiny LLaVA and a spec of its own shape in place of
+    llava-1.5-7b), and the outside-family declaration."""
+    import numpy as np
+
+    from core_eval.adapters import shape_from_config
+    from core_eval.loading import load_config
+    from core_eval.spec import spec_from_scores
+
+    model = tiny_dir("llava")
+    shape = shape_from_config(load_config(model))
+    (tmp_path / "head_masks").mkdir()
+    spec_from_scores({"ram": np.random.default_rng(0).random((shape.num_layers, shape.num_heads))},
+                     {"name": str(model)}, {"name": "ram-v1"}, shape=shape, frac=0.25).write(tmp_path / "head_masks" / "llava.json")
+    monkeypatch.chdir(tmp_path)
+    code = python_block("## Load a model with an intervention")
+    assert '"path/to/llava-1.5-7b-hf"' in code
+    scope: dict = {}
+    exec(code.replace("path/to/llava-1.5-7b-hf", str(model)), scope)
+    summary = scope["loaded"].summary
+    assert summary["variant"]["name"] == "zero" and summary["selection"]["rule"] == "top"
+    family: dict = {}
+    exec(python_block("### Add a model family"), family)
+    fam = family["FAMILY"]
+    assert fam.name == "mistral3" and fam.model_types == ("mistral3",) and fam.region.token_rects is family["pixtral_rects"]

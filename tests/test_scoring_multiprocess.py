@@ -10,6 +10,10 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
+from conftest import accelerate_launch
+
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
 
 BIN = Path(sys.executable).parent
 ARGS = ["score", "--n", "8", "--batch-size", "2", "--knobs", '{"grid": 3, "image_size": 96}']
@@ -18,8 +22,7 @@ ARGS = ["score", "--n", "8", "--batch-size", "2", "--knobs", '{"grid": 3, "image
 def test_two_processes_share_the_batches(tmp_path, tiny_dir):
     model = str(tiny_dir("llava"))
     env = {**os.environ, "ACCELERATE_USE_CPU": "true", "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "core_eval.cli"]
+    launch = accelerate_launch("-m", "core_eval.cli")
     proc = subprocess.run(launch + ARGS + ["--model", model, "--out", str(tmp_path / "mp.json")],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

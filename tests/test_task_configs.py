@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
+
 REPO = Path(__file__).resolve().parents[1]
 TASK_DIR = REPO / "task_configs"
 

@@ -33,6 +33,8 @@ from core_eval.integrations import vlmeval as cv
 from core_eval.integrations.vlmeval import _common
 from core_eval.probes import generate
 
+pytestmark = pytest.mark.subprocess  # runs harness CLIs in subprocesses (README: -m 'not subprocess')
+
 REPO = Path(__file__).resolve().parents[1]
 TASKS = REPO / "task_configs"
 BIN = Path(sys.executable).parent
