@@ -57,6 +57,7 @@ import torch.nn.functional as F
 
 from core_eval.organism import ANSWER_INSTRUCTION, DESCRIPTION, TASK_KNOBS
 from core_eval.organism.data import CHANCE, make_samples
+from core_eval.organism.stage0 import S0_DEFAULTS
 from core_eval.probes import KEY_LETTERS
 
 # ----------------------------------------------------------------------------- configuration
@@ -64,13 +65,15 @@ from core_eval.probes import KEY_LETTERS
 IMAGE = 64         # processor output size (px)
 PATCH = 16         # -> 4x4 = 16 visual tokens per image
 N_VIS = (IMAGE // PATCH) ** 2
-SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 
 DEFAULTS = dict(
     seed=0,
     # model
     vision_hidden=128, vision_layers=2, vision_heads=4, vision_intermediate=256,
     lm_hidden=128, lm_layers=6, lm_heads=8, lm_intermediate=256, vocab_target=640,
+    # "v1": the shipped weights' pre-tokenization; "v2": a key / value is the same token
+    # sequence in table, question and answer (core_eval/organism/tokenizer.py)
+    tokenizer="v1",
     # stage 1
     s1_steps=300, s1_batch=64, s1_lr=2e-3, s1_position=True,
     s1_pool={"grid_needle": 1500, "count_control": 800, "multi_image_needle": 300},
@@ -94,6 +97,8 @@ DEFAULTS = dict(
     turns={},
     val_n=200, val_every=500,
     final_n=100,
+    # stage 0 (text-only recall before the visual stages; off unless s0_steps > 0): stage0.py
+    **S0_DEFAULTS,
 )
 
 TRAIN_SEED0, VAL_SEED, TOK_SEED = 1_000_000, 3_000_000, 5_000_000
@@ -126,39 +131,12 @@ def _corpus(c: dict) -> list[str]:
     return texts
 
 
-def chat_template(image_labels: bool) -> str:
-    """LLaVA's chat template; with ``image_labels`` each image is written ``Image k: <image>``
-    (k counted over the conversation), as Qwen2-VL's template does with ``add_vision_id``."""
-    from core_eval.testing._tokenizer import LLAVA_TEMPLATE
-
-    if not image_labels:
-        return LLAVA_TEMPLATE
-    plain = "{{ '<image>\n' }}"
-    if LLAVA_TEMPLATE.count(plain) != 1:
-        raise AssertionError("the LLaVA template changed: no single image placeholder to label")
-    labelled = "{% set ns.k = ns.k + 1 %}{{ 'Image ' ~ ns.k ~ ': <image>\n' }}"
-    return "{% set ns = namespace(k=0) %}" + LLAVA_TEMPLATE.replace(plain, labelled)
-
-
 def build_tokenizer(c: dict):
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The organism's BPE tokenizer (pre-tokenization ``c["tokenizer"]``) learnt on the probe text."""
+    from core_eval.organism.tokenizer import build_tokenizer as build
 
-    tok = Tokenizer(models.BPE(fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=c["vocab_target"], min_frequency=2, special_tokens=SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_corpus(c), trainer=trainer)
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", add_bos_token=True, add_eos_token=False, padding_side="left",
-        model_max_length=1024, chat_template=chat_template(c["image_labels"]), clean_up_tokenization_spaces=False,
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    return build(_corpus(c), vocab_size=c["vocab_target"], kind=c["tokenizer"],
+                 image_labels=c["image_labels"])
 
 
 def build_processor(tok):
@@ -667,6 +645,10 @@ def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cp
     rec["vocab"] = len(tok)
 
     with torch.enable_grad():  # whatever the caller's grad mode
+        if c["s0_steps"]:
+            from core_eval.organism.stage0 import stage0
+
+            stage0(model, processor, c, rec, deadline)
         stage1(model, processor, c, rec)
         stage2(model, processor, c, rec, deadline)
     rec["train_seconds"] = round(time.time() - t_start, 1)
