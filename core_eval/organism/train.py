@@ -99,6 +99,8 @@ DEFAULTS = dict(
     final_n=100,
     # stage 0 (text-only recall before the visual stages; off unless s0_steps > 0): stage0.py
     **S0_DEFAULTS,
+    # stage-0 items per stage-2 batch, e.g. {"mqar": 16, "table": 2, "which": 2} (default none)
+    s2_recall={},
 )
 
 TRAIN_SEED0, VAL_SEED, TOK_SEED = 1_000_000, 3_000_000, 5_000_000
@@ -536,6 +538,11 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=c["lr"], betas=(0.9, 0.98))
     rng = random.Random(c["seed"] + 5)
+    recall = None
+    if any(c["s2_recall"].values()):
+        from core_eval.organism.stage0 import Stage0Data
+
+        recall = Stage0Data(processor, {**c, "s0_batch": c["s2_recall"], "seed": c["seed"] + 6})
     orders = {f: [] for f in c["batch"]}
 
     def draw(fam, k):
@@ -564,6 +571,8 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
             g["lr"] = lr
         # one sub-batch per family (little padding), one optimizer step on the summed loss
         groups = [draw(fam, k) for fam, k in c["batch"].items()]
+        if recall is not None:  # a share of stage-0 text recall at its last level
+            groups += list(recall.batch(c["s0_levels"][-1]).values())
         n_tok = sum(e - s for g in groups for it in g for s, e in it.spans)  # answer tokens
         loss, oks = 0.0, []
         for g in groups:
@@ -590,7 +599,7 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
         "s_per_step": round((time.time() - t_train) / max(1, done), 4),
         "loss_mean_per_100": [round(sum(hist[i:i + 100]) / len(hist[i:i + 100]), 4)
                               for i in range(0, len(hist), 100)],
-        "val": vals,
+        "val": vals, "recall_batches": recall.calls if recall is not None else 0,
     }
     if done and (not vals or vals[-1]["step"] != done):
         v = validate(model, val, pad_id)
