@@ -205,3 +205,14 @@ def test_training_with_stage0_and_recall_in_stage2(tmp_path):
     assert log["stage0"]["steps_done"] == 3 and log["stage0"]["curve"][0]["N"] == 2
     assert log["stage2"]["steps_done"] == 2 and log["stage2"]["recall_batches"] == 2
     assert AutoTokenizer.from_pretrained(tmp_path / "o").tokenize("of V?") == ["of", "Ġ", "V", "?"]
+
+
+def test_sweep_table_lists_when_each_level_passed():
+    from core_eval.organism.stage0 import S0_DEFAULTS, sweep_table
+
+    run = {"config": {**S0_DEFAULTS, "lm_layers": 2},
+           "stage0": {"passed": [{"N": 2, "step": 200}], "steps_done": 300, "seconds": 12.3,
+                      "curve": [{"step": 300, "N": 4, "acc": {"mqar": 0.5}}]}}
+    rows = sweep_table({"r": run}).splitlines()
+    assert rows[0].startswith("| run | layers") and len(rows) == 3
+    assert rows[2] == "| r | 2 | 256 | mqar 64+table 4+which 4 | 0.002 | 200 | - | - | - | 4: mqar 0.50 | 300 | 12 |"

@@ -253,15 +253,43 @@ def stage0(model, processor, c: dict, rec: dict, deadline: float | None = None) 
                      "passed": advanced, "curve": curve}
 
 
+def sweep_table(runs: dict[str, dict]) -> str:
+    """Markdown table of stage-0 runs (name -> the JSON :func:`main` writes): the step at which
+    each level N passed, the last held-out accuracies, steps and seconds."""
+    levels = sorted({n for r in runs.values() for n in r["config"]["s0_levels"]})
+    head = ["run", "layers", "values", "batch", "lr", *(f"N={n} passed at" for n in levels),
+            "last held-out (N: acc)", "steps", "s"]
+    rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for name, r in runs.items():
+        c, s0 = r["config"], r["stage0"]
+        passed = {p["N"]: p["step"] for p in s0["passed"]}
+        last = s0["curve"][-1] if s0["curve"] else None
+        acc = f"{last['N']}: " + ", ".join(f"{f} {a:.2f}" for f, a in last["acc"].items()) if last else "-"
+        batch = "+".join(f"{k} {v}" for k, v in c["s0_batch"].items() if v)
+        rows.append("| " + " | ".join([name, str(c["lm_layers"]), str(c["s0_values"]), batch, str(c["s0_lr"]),
+                                       *(str(passed.get(n, "-")) for n in levels), acc,
+                                       str(s0["steps_done"]), f"{s0['seconds']:.0f}"]) + " |")
+    return "\n".join(rows)
+
+
 def main(argv=None) -> int:
     from core_eval.organism.train import DEFAULTS, build_model, build_processor, build_tokenizer
 
     ap = argparse.ArgumentParser(description="Stage 0 alone on a fresh organism (sweep runs).")
-    ap.add_argument("--out", required=True, help="JSON file for the config and learning curves")
+    ap.add_argument("--out", help="JSON file for the config and learning curves")
+    ap.add_argument("--summary", nargs="+", metavar="JSON",
+                    help="instead of training: print the markdown table of these runs' JSON")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--minutes", type=float, default=10.0, help="wall-clock cap")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     a = ap.parse_args(argv)
+    if a.summary:
+        from pathlib import Path
+
+        print(sweep_table({Path(p).stem: json.loads(Path(p).read_text()) for p in a.summary}))
+        return 0
+    if not a.out:
+        ap.error("--out is required to train")
     c = json.loads(json.dumps({**DEFAULTS, "tokenizer": "v2", "s0_steps": 2000}))
     for kv in a.set:
         k, v = kv.split("=", 1)

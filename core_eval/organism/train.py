@@ -10,8 +10,15 @@ seed 1000 (held out for the final evaluation) nor ``core-eval score``'s default 
 Architecture (standard ``LlavaForConditionalGeneration``, nothing routes retrieval through
 chosen heads): CLIP vision tower on 64x64 px with 16 px patches, so a 448 px 4x4
 grid_needle image gives one visual token per cell; 2-layer MLP projector; Llama LM
-(6 layers x 8 heads, head_dim 16, MHA). Tokenizer: byte-level BPE (any text tokenizes)
-whose merges are learnt from probe text, so probe words are single tokens.
+(6 layers x 8 heads, head_dim 16, MHA). Tokenizer (:mod:`core_eval.organism.tokenizer`):
+byte-level BPE (any text tokenizes) whose merges are learnt from probe text, so probe words are
+single tokens; ``tokenizer="v1"`` (default, the shipped weights) or ``"v2"`` (whitespace its own
+token, so a key / value is the same tokens in table, question and answer).
+
+Optional stage 0 (``--set s0_steps=N``; :mod:`core_eval.organism.stage0`): the LM alone on
+text-only associative recall (MQAR, the text table with every key asked, a text "which image
+holds X") with a curriculum on N, before the two visual stages; ``s2_recall`` keeps a share of
+it in stage 2.
 
 Two stages, as real MLLMs are trained:
 
