@@ -185,6 +185,10 @@ def test_stage0_curriculum_advances_at_the_threshold_and_is_deterministic(toks):
     assert never["passed"] == [] and {p["N"] for p in never["curve"]} == {2}
     assert a["curve"] == [{**p, "seconds": q["seconds"]} for p, q in zip(b["curve"], a["curve"])]
     assert all(torch.equal(x, y) for x, y in zip(wa, wb))
+    model, proc, c = _tiny(toks, s0_minutes=1e-9)  # its own time cap: stops before a step
+    rec = {}
+    stage0(model, proc, c, rec)
+    assert rec["stage0"]["steps_done"] == 0 and rec["stage0"]["curve"] == []
 
 
 def test_training_with_stage0_and_recall_in_stage2(tmp_path):

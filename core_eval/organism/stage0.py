@@ -41,6 +41,7 @@ S0_DEFAULTS = dict(
     s0_batch={"mqar": 64, "table": 4, "which": 4},
     s0_levels=[2, 4, 8, 16], s0_advance=0.9, s0_eval_every=50, s0_val_n=64,
     s0_keys=64, s0_values=256,
+    s0_minutes=0,   # wall-clock cap of stage 0 alone (0: only the run's own budget)
 )
 
 S0_TRAIN_SEED, S0_VAL_SEED = 7_000_000, 8_000_000
@@ -210,6 +211,9 @@ def stage0(model, processor, c: dict, rec: dict, deadline: float | None = None) 
     from core_eval.organism.train import log
 
     t0 = time.time()
+    if c["s0_minutes"]:
+        own = t0 + 60 * c["s0_minutes"]
+        deadline = own if deadline is None else min(deadline, own)
     lm = [*model.model.language_model.parameters(), *model.lm_head.parameters()]
     decay = [p for p in lm if p.ndim >= 2]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": c["s0_weight_decay"]},
@@ -221,7 +225,7 @@ def stage0(model, processor, c: dict, rec: dict, deadline: float | None = None) 
     curve, advanced, losses = [], [], []
     log(f"stage 0: text recall, levels {levels}, batch {c['s0_batch']}")
     model.train()
-    step = 0
+    done = 0
     for step in range(c["s0_steps"]):
         if deadline is not None and time.time() > deadline:
             log(f"  stage 0 time budget reached at step {step}")
@@ -236,6 +240,7 @@ def stage0(model, processor, c: dict, rec: dict, deadline: float | None = None) 
         loss.backward()
         torch.nn.utils.clip_grad_norm_(lm, c["s0_clip"])
         opt.step()
+        done = step + 1
         losses.append(loss.item())
         if (step + 1) % c["s0_eval_every"] == 0:
             acc = evaluate_level(model, data, levels[level], pad_id)
@@ -249,7 +254,7 @@ def stage0(model, processor, c: dict, rec: dict, deadline: float | None = None) 
                     log(f"  stage 0: last level passed at step {step + 1}")
                     break
                 level += 1
-    rec["stage0"] = {"seconds": round(time.time() - t0, 1), "steps_done": step + 1 if c["s0_steps"] else 0,
+    rec["stage0"] = {"seconds": round(time.time() - t0, 1), "steps_done": done,
                      "passed": advanced, "curve": curve}
 
 
