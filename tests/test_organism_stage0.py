@@ -214,9 +214,9 @@ def test_training_with_stage0_and_recall_in_stage2(tmp_path):
 def test_sweep_table_lists_when_each_level_passed():
     from core_eval.organism.stage0 import S0_DEFAULTS, sweep_table
 
-    run = {"config": {**S0_DEFAULTS, "lm_layers": 2},
+    run = {"config": {**S0_DEFAULTS, "lm_layers": 2, "tokenizer": "v2"},
            "stage0": {"passed": [{"N": 2, "step": 200}], "steps_done": 300, "seconds": 12.3,
                       "curve": [{"step": 300, "N": 4, "acc": {"mqar": 0.5}}]}}
     rows = sweep_table({"r": run}).splitlines()
-    assert rows[0].startswith("| run | layers") and len(rows) == 3
-    assert rows[2] == "| r | 2 | 256 | mqar 64+table 4+which 4 | 0.002 | 200 | - | - | - | 4: mqar 0.50 | 300 | 12 |"
+    assert rows[0].startswith("| run | tokenizer | layers") and len(rows) == 3
+    assert rows[2] == "| r | v2 | 2 | 256 | mqar 64+table 4+which 4 | 0.002 | 200 | - | - | - | 4: mqar 0.50 | 300 | 12 |"

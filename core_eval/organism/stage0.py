@@ -262,7 +262,7 @@ def sweep_table(runs: dict[str, dict]) -> str:
     """Markdown table of stage-0 runs (name -> the JSON :func:`main` writes): the step at which
     each level N passed, the last held-out accuracies, steps and seconds."""
     levels = sorted({n for r in runs.values() for n in r["config"]["s0_levels"]})
-    head = ["run", "layers", "values", "batch", "lr", *(f"N={n} passed at" for n in levels),
+    head = ["run", "tokenizer", "layers", "values", "batch", "lr", *(f"N={n} passed at" for n in levels),
             "last held-out (N: acc)", "steps", "s"]
     rows = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for name, r in runs.items():
@@ -271,7 +271,7 @@ def sweep_table(runs: dict[str, dict]) -> str:
         last = s0["curve"][-1] if s0["curve"] else None
         acc = f"{last['N']}: " + ", ".join(f"{f} {a:.2f}" for f, a in last["acc"].items()) if last else "-"
         batch = "+".join(f"{k} {v}" for k, v in c["s0_batch"].items() if v)
-        rows.append("| " + " | ".join([name, str(c["lm_layers"]), str(c["s0_values"]), batch, str(c["s0_lr"]),
+        rows.append("| " + " | ".join([name, c["tokenizer"], str(c["lm_layers"]), str(c["s0_values"]), batch, str(c["s0_lr"]),
                                        *(str(passed.get(n, "-")) for n in levels), acc,
                                        str(s0["steps_done"]), f"{s0['seconds']:.0f}"]) + " |")
     return "\n".join(rows)
