@@ -10,8 +10,15 @@ seed 1000 (held out for the final evaluation) nor ``core-eval score``'s default 
 Architecture (standard ``LlavaForConditionalGeneration``, nothing routes retrieval through
 chosen heads): CLIP vision tower on 64x64 px with 16 px patches, so a 448 px 4x4
 grid_needle image gives one visual token per cell; 2-layer MLP projector; Llama LM
-(6 layers x 8 heads, head_dim 16, MHA). Tokenizer: byte-level BPE (any text tokenizes)
-whose merges are learnt from probe text, so probe words are single tokens.
+(6 layers x 8 heads, head_dim 16, MHA). Tokenizer (:mod:`core_eval.organism.tokenizer`):
+byte-level BPE (any text tokenizes) whose merges are learnt from probe text, so probe words are
+single tokens; ``tokenizer="v1"`` (default, the shipped weights) or ``"v2"`` (whitespace its own
+token, so a key / value is the same tokens in table, question and answer).
+
+Optional stage 0 (``--set s0_steps=N``; :mod:`core_eval.organism.stage0`): the LM alone on
+text-only associative recall (MQAR, the text table with every key asked, a text "which image
+holds X") with a curriculum on N, before the two visual stages; ``s2_recall`` keeps a share of
+it in stage 2.
 
 Two stages, as real MLLMs are trained:
 
@@ -57,6 +64,7 @@ import torch.nn.functional as F
 
 from core_eval.organism import ANSWER_INSTRUCTION, DESCRIPTION, TASK_KNOBS
 from core_eval.organism.data import CHANCE, make_samples
+from core_eval.organism.stage0 import S0_DEFAULTS
 from core_eval.probes import KEY_LETTERS
 
 # ----------------------------------------------------------------------------- configuration
@@ -64,13 +72,15 @@ from core_eval.probes import KEY_LETTERS
 IMAGE = 64         # processor output size (px)
 PATCH = 16         # -> 4x4 = 16 visual tokens per image
 N_VIS = (IMAGE // PATCH) ** 2
-SPECIALS = ["<unk>", "<s>", "</s>", "<image>", "<pad>"]
 
 DEFAULTS = dict(
     seed=0,
     # model
     vision_hidden=128, vision_layers=2, vision_heads=4, vision_intermediate=256,
     lm_hidden=128, lm_layers=6, lm_heads=8, lm_intermediate=256, vocab_target=640,
+    # "v1": the shipped weights' pre-tokenization; "v2": a key / value is the same token
+    # sequence in table, question and answer (core_eval/organism/tokenizer.py)
+    tokenizer="v1",
     # stage 1
     s1_steps=300, s1_batch=64, s1_lr=2e-3, s1_position=True,
     s1_pool={"grid_needle": 1500, "count_control": 800, "multi_image_needle": 300},
@@ -94,6 +104,10 @@ DEFAULTS = dict(
     turns={},
     val_n=200, val_every=500,
     final_n=100,
+    # stage 0 (text-only recall before the visual stages; off unless s0_steps > 0): stage0.py
+    **S0_DEFAULTS,
+    # stage-0 items per stage-2 batch, e.g. {"mqar": 16, "table": 2, "which": 2} (default none)
+    s2_recall={},
 )
 
 TRAIN_SEED0, VAL_SEED, TOK_SEED = 1_000_000, 3_000_000, 5_000_000
@@ -126,39 +140,12 @@ def _corpus(c: dict) -> list[str]:
     return texts
 
 
-def chat_template(image_labels: bool) -> str:
-    """LLaVA's chat template; with ``image_labels`` each image is written ``Image k: <image>``
-    (k counted over the conversation), as Qwen2-VL's template does with ``add_vision_id``."""
-    from core_eval.testing._tokenizer import LLAVA_TEMPLATE
-
-    if not image_labels:
-        return LLAVA_TEMPLATE
-    plain = "{{ '<image>\n' }}"
-    if LLAVA_TEMPLATE.count(plain) != 1:
-        raise AssertionError("the LLaVA template changed: no single image placeholder to label")
-    labelled = "{% set ns.k = ns.k + 1 %}{{ 'Image ' ~ ns.k ~ ': <image>\n' }}"
-    return "{% set ns = namespace(k=0) %}" + LLAVA_TEMPLATE.replace(plain, labelled)
-
-
 def build_tokenizer(c: dict):
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import PreTrainedTokenizerFast
+    """The organism's BPE tokenizer (pre-tokenization ``c["tokenizer"]``) learnt on the probe text."""
+    from core_eval.organism.tokenizer import build_tokenizer as build
 
-    tok = Tokenizer(models.BPE(fuse_unk=False))
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=c["vocab_target"], min_frequency=2, special_tokens=SPECIALS, show_progress=False,
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-    )
-    tok.train_from_iterator(_corpus(c), trainer=trainer)
-    tok.add_special_tokens([AddedToken(s, special=True, normalized=False) for s in SPECIALS])
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
-        unk_token="<unk>", add_bos_token=True, add_eos_token=False, padding_side="left",
-        model_max_length=1024, chat_template=chat_template(c["image_labels"]), clean_up_tokenization_spaces=False,
-        extra_special_tokens={"image_token": "<image>"},
-    )
+    return build(_corpus(c), vocab_size=c["vocab_target"], kind=c["tokenizer"],
+                 image_labels=c["image_labels"])
 
 
 def build_processor(tok):
@@ -558,6 +545,11 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
                              {"params": no_decay, "weight_decay": 0.0}],
                             lr=c["lr"], betas=(0.9, 0.98))
     rng = random.Random(c["seed"] + 5)
+    recall = None
+    if any(c["s2_recall"].values()):
+        from core_eval.organism.stage0 import Stage0Data
+
+        recall = Stage0Data(processor, {**c, "s0_batch": c["s2_recall"], "seed": c["seed"] + 6})
     orders = {f: [] for f in c["batch"]}
 
     def draw(fam, k):
@@ -586,6 +578,8 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
             g["lr"] = lr
         # one sub-batch per family (little padding), one optimizer step on the summed loss
         groups = [draw(fam, k) for fam, k in c["batch"].items()]
+        if recall is not None:  # a share of stage-0 text recall at its last level
+            groups += list(recall.batch(c["s0_levels"][-1]).values())
         n_tok = sum(e - s for g in groups for it in g for s, e in it.spans)  # answer tokens
         loss, oks = 0.0, []
         for g in groups:
@@ -612,7 +606,7 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
         "s_per_step": round((time.time() - t_train) / max(1, done), 4),
         "loss_mean_per_100": [round(sum(hist[i:i + 100]) / len(hist[i:i + 100]), 4)
                               for i in range(0, len(hist), 100)],
-        "val": vals,
+        "val": vals, "recall_batches": recall.calls if recall is not None else 0,
     }
     if done and (not vals or vals[-1]["step"] != done):
         v = validate(model, val, pad_id)
@@ -667,6 +661,10 @@ def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cp
     rec["vocab"] = len(tok)
 
     with torch.enable_grad():  # whatever the caller's grad mode
+        if c["s0_steps"]:
+            from core_eval.organism.stage0 import stage0
+
+            stage0(model, processor, c, rec, deadline)
         stage1(model, processor, c, rec)
         stage2(model, processor, c, rec, deadline)
     rec["train_seconds"] = round(time.time() - t_start, 1)
