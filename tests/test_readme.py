@@ -185,3 +185,21 @@ def test_the_readme_load_and_family_blocks_run_as_written(tmp_path, tiny_dir, mo
     exec(python_block("### Add a model family"), family)
     fam = family["FAMILY"]
     assert fam.name == "mistral3" and fam.model_types == ("mistral3",) and fam.region.token_rects is family["pixtral_rects"]
+
+
+def test_the_readme_organism_rebuild_block_runs_as_written(tmp_path):
+    """The organism's rebuild commands (train, score, causal check, heads report) in a folder laid out
+    like the repo, at toy sizes: the training steps, ``--n`` of each step and the report's ablations."""
+    toy = ("--steps 3 --set s1_steps=2 --set val_n=4 --set val_every=3 --set final_n=1 "
+           """--set 's1_pool={"grid_needle": 20, "count_control": 10}' --set 'pool={"grid_needle": 20, "count_control": 10}' """
+           """--set 'batch={"grid_needle": 4, "count_control": 2}'""")
+    text = (REPO / "README.md").read_text()
+    block = re.findall(r"```bash\n(.*?)```", text[text.index("## The model organism"):], flags=re.S)[0]
+    assert "core_eval.organism.train --out core_eval/organism/weights" in block
+    script = (block.replace(".venv/bin/", f"{BIN}/").replace("--out core_eval/organism/weights", f"--out core_eval/organism/weights {toy}")
+              .replace("--n 256", "--n 8").replace("--n 128", "--n 4").replace("--out head_masks/organism.md", "--out head_masks/organism.md --n 0"))
+    (tmp_path / "head_masks").mkdir()
+    _run("set -euo pipefail\n" + script, tmp_path, _env())
+    spec = json.loads((tmp_path / "head_masks" / "organism.json").read_text())
+    assert spec["scorer"]["n_samples"] == 8 and "causal" in spec["extra"]
+    assert (tmp_path / "head_masks" / "organism.md").read_text().strip()
