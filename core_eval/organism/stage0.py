@@ -205,6 +205,7 @@ def evaluate_level(model, data: Stage0Data, N: int, pad_id: int) -> dict[str, fl
     return res
 
 
+@torch.enable_grad()  # training never depends on the caller's grad mode (a caller may have turned it off)
 def stage0(model, processor, c: dict, rec: dict, deadline: float | None = None) -> None:
     """Train the LM (embeddings, layers, head; not the vision side) on text recall with the
     N curriculum; learning curves go to ``rec["stage0"]``."""
