@@ -83,17 +83,17 @@ def test_the_readme_workflow_runs_as_written_and_reports_every_run(tmp_path, tin
 
 def _write_tubes(root: Path) -> None:
     """``tubes.jsonl`` in the documented row format: a frame folder at 4 fps, a segment and a frame list."""
-    import numpy as np
-    from PIL import Image
+    sys.path.insert(0, str(Path(__file__).parent))
+    import probe_data_fixtures as F
 
     (root / "clip").mkdir()
     for k in range(8):
-        Image.fromarray(np.random.default_rng(k).integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(root / "clip" / f"{k}.png")
-    rows = [{"id": "t0", "video": "clip", "fps": 4, "segment": [0.5, 1.5], "boxes": {"2": [4, 4, 30, 30], "4": [8, 8, 40, 40]},
-             "question": "What is it?", "answer": "noise"},
-            {"id": "t1", "video": "clip", "fps": 4, "frames": [1, 4], "boxes": {"2": [0, 0, 20, 20]},
-             "question": "Where?", "answer": "left"}]
-    (root / "tubes.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        F.noise_image(64, 48, k).save(root / "clip" / f"{k}.png")
+    F.write_jsonl(root / "tubes.jsonl", [
+        {"id": "t0", "video": "clip", "fps": 4, "segment": [0.5, 1.5], "boxes": {"2": [4, 4, 30, 30], "4": [8, 8, 40, 40]},
+         "question": "What is it?", "answer": "noise"},
+        {"id": "t1", "video": "clip", "fps": 4, "frames": [1, 4], "boxes": {"2": [0, 0, 20, 20]},
+         "question": "Where?", "answer": "left"}])
 
 
 def test_the_readme_video_lmms_eval_and_stability_blocks_run_as_written(tmp_path, tiny_dir):

@@ -102,7 +102,7 @@ class FlexPlan:
 
     def __init__(self, mask: torch.Tensor | None, far: torch.Tensor, pattern: Pattern, T: int):
         B, dev = far.shape[0], far.device
-        self.B, self.T, self.Tp, self.pattern = B, T, bucket(T), pattern
+        self.Tp, self.pattern = bucket(T), pattern
         Bp = self.Bp = bucket(B, 1)  # padded batch rows get no blocks: no work
         self.n = torch.tensor(T, device=dev)  # a tensor, so a new length in the same bucket does not recompile
         nb, W = self.Tp // BLOCK, pattern.window
