@@ -66,6 +66,23 @@ def test_flex_backend_equals_the_explicit_mask_oracle(models, family, kind):
     check_against_oracle(models, family, kind, **FLEX)
 
 
+def test_flex_block_structure_is_built_once_for_repeated_forwards(models):
+    """The layers of a forward share one plan, and a second forward of the same bucket reuses the
+    cached block lists (core_eval.sparse.STRUCTURES): one build, one hit, the same logits."""
+    from core_eval.sparse import STRUCTURES
+
+    model, proc, inputs = models("llava")
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW, **FLEX)
+    try:
+        STRUCTURES.clear()
+        with torch.no_grad():
+            first, second = model(**inputs).logits, model(**inputs).logits
+        assert len(iv.variant.hybrid_layers) > 1 and (STRUCTURES.builds, STRUCTURES.hits) == (1, 1)
+        assert torch.equal(first, second)
+    finally:
+        iv.remove()
+
+
 @pytest.fixture
 def visual_keep():
     """A pattern of one's own: sparse heads keep every visual token at any distance (and the sinks +
