@@ -174,6 +174,29 @@ def test_chunked_prefill_equals_one_shot(models, family, sparse):
         assert (one[m] - dense[m]).abs().max() > 1e-4  # the pattern bites
 
 
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_flex_decode_path_equals_sdpa(models, family):
+    """decode_path="flex" (FlexAttention on the whole store, eager here) gives the SDPA path's logits
+    at every one of 12 greedy steps, over a store that compacts (window 8)."""
+    from core_eval.sparse.attention import DECODE_PATHS
+
+    model, proc, inputs = models(family)
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW, flex_compile=False)
+    try:
+        layers = [adapter_for(model).attention(l)._core_eval_compute for l in iv.variant.hybrid_layers]
+        steps = {}
+        for path in DECODE_PATHS:
+            for a in layers:
+                a.decode_path = path
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                     output_logits=True, return_dict_in_generate=True)
+            steps[path] = torch.stack(out.logits[1:])  # the decode steps (the first comes from the prefill)
+    finally:
+        iv.remove()
+    torch.testing.assert_close(steps["flex"], steps["sdpa"], atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize("family", ALL_FAMILIES)
 def test_every_head_full_is_bit_identical_to_dense(models, family):
     model, proc, inputs = models(family)

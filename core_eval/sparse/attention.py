@@ -11,10 +11,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from core_eval.attention.reference import allowed_keys, masked_sdpa
 from core_eval.sparse.blocks import sparse_prefill
 from core_eval.sparse.cache import HybridLayer
-from core_eval.sparse.flex import FlexPlan, flex_prefill, flex_support
+from core_eval.sparse.flex import FlexPlan, flex_decode, flex_prefill, flex_support
 from core_eval.sparse.pattern import Pattern, row_flags
 
 BACKENDS = ("auto", "flex", "blocks")
+#: decode paths of the sparse group on the hybrid cache's store: SDPA on the used slots (the default on
+#: every device: on the CPU it measured faster, see the README), FlexAttention on the whole store
+DECODE_PATHS = ("sdpa", "flex")
 #: why backend=auto keeps the blocks path on the CPU (measured here, torch 2.14, one thread)
 CPU_AUTO_REASON = ("on the CPU the blocks path is faster than the compiled FlexAttention kernel (one layer, 8k tokens, "
                    "12 heads, window 256: 0.22 s vs 0.56 s; dense 0.86 s); backend=flex forces it")
@@ -40,7 +43,7 @@ class HybridAttention:
     Prefill goes through ``backend`` (``auto``: ``flex`` on CUDA when :func:`flex_support` allows it,
     else ``blocks``; on the CPU ``blocks`` measured faster than the compiled FlexAttention kernel, see
     :data:`CPU_AUTO_REASON`); the reason for the last choice is in :attr:`last_reason`. Decode steps
-    always use the per-head cache (one SDPA call on the kept keys).
+    always use the per-head cache (one SDPA call on the kept keys; ``decode_path="flex"``: FlexAttention).
     """
 
     def __init__(self, layer: int, n_full_kv: int, groups: int, pattern: Pattern, tracker, block: int = 0,
@@ -52,6 +55,7 @@ class HybridAttention:
         self.backend, self.flex_compile = backend, flex_compile
         self.plans = plans or PlanCache()
         self.cache_layer: HybridLayer | None = None  # set by the cache's layer while generating
+        self.decode_path = "sdpa"  # one of DECODE_PATHS (benchmarks/sparse_attention.py --decode-paths)
         self.last_backend: str | None = None
         self.last_reason: str | None = None
 
@@ -114,6 +118,9 @@ class HybridAttention:
             visual = self.tracker.key_flags(kv)[:, -1].to(q.device)
             cache_layer.set_new_flags(real, visual)
             n = cache_layer.n
+            if self.decode_path == "flex":  # every slot of the store (its capacity: no recompile per step)
+                ok = self._store_allowed(cache_layer.sp_pos, cache_layer.sp_far, attention_mask, 1, kv)
+                return flex_decode(q, cache_layer.sp_k, cache_layer.sp_v, ok[:, 0, 0], scaling, self.flex_compile)
             ok = self._store_allowed(cache_layer.sp_pos[:, :n], cache_layer.sp_far[:, :n], attention_mask, 1, kv)
             return F.scaled_dot_product_attention(q, cache_layer.sp_k[:, :, :n], cache_layer.sp_v[:, :, :n],
                                                   attn_mask=ok, scale=scaling, enable_gqa=self.groups > 1)

@@ -247,12 +247,27 @@ def flex_prefill(q, k, v, plan: FlexPlan, full_heads: torch.Tensor, scaling, com
     key = (q.device.type, q.dtype, plan.Bp, H, k.shape[1], Tp, D, compile)
     first = compile and key not in COMPILE_SECONDS
     t = time.perf_counter()
-    with warnings.catch_warnings():
-        # eager FlexAttention (flex_compile=false) warns on every process's first call that it is unfused: asked for
-        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out = fn(qp, kp, vp, block_mask=plan.for_heads(full_heads), scale=scaling, enable_gqa=H != k.shape[1])
+    out = _call(fn, qp, kp, vp, block_mask=plan.for_heads(full_heads), scale=scaling, enable_gqa=H != k.shape[1])
     if first:
         if q.device.type == "cuda":
             torch.cuda.synchronize(q.device)
         COMPILE_SECONDS[key] = time.perf_counter() - t
     return out[:B, :, :T]
+
+
+def flex_decode(q, k, v, ok, scaling, compile: bool = True) -> torch.Tensor:
+    """One decode query per row on a store of keys: q ``(B, H, 1, D)``, k/v ``(B, Hkv, S, D)``, ``ok``
+    ``(B, S)`` bool (slots past the used ones: False) -> ``(B, H, 1, D)``. ``S`` is the store's capacity,
+    constant between compactions, so the compiled kernel serves step after step."""
+
+    def score_mod(score, b, h, qi, ki):
+        return torch.where(ok[b, ki], score, -float("inf"))
+
+    return _call(_kernel(compile), q, k, v, score_mod=score_mod, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _call(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        # eager FlexAttention (flex_compile=false) warns on every process's first call that it is unfused: asked for
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return fn(*args, **kwargs)
