@@ -60,11 +60,11 @@ from transformers import AttentionInterface, DynamicCache, LlamaConfig, LlamaFor
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
 from core_eval.adapters import Family, register_family
-from core_eval.attention.function import core_eval_attention
 from core_eval.attention.cache_kwarg import cache_kwarg
+from core_eval.attention.function import core_eval_attention
+from core_eval.intervene import apply_intervention
 from core_eval.sparse import COMPILE_SECONDS, HybridCache
 from core_eval.sparse.cache import chunked_prefill
-from core_eval.intervene import apply_intervention
 from core_eval.spec import select_heads
 
 IMAGE_TOKEN = 31000

@@ -29,7 +29,8 @@ Modules:
 from core_eval.sparse.attention import BACKENDS, HybridAttention
 from core_eval.sparse.blocks import sparse_prefill
 from core_eval.sparse.cache import HybridCache, HybridLayer
-from core_eval.sparse.flex import COMPILE_SECONDS, STRUCTURES, FlexPlan, StructureCache, bucket, flex_prefill, flex_support
+from core_eval.sparse.flex import (COMPILE_SECONDS, STRUCTURES, FlexPlan, StructureCache, bucket, flex_prefill,
+                                  flex_support)
 from core_eval.sparse.oracle import reference_hybrid
 from core_eval.sparse.pattern import PATTERNS, Pattern, register_pattern, row_flags
 from core_eval.sparse.permute import permute_layer, unpermute_layer

@@ -154,7 +154,6 @@ class HybridAttention:
         g = self.groups
         return masked_sdpa(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), ok, scaling)
 
-
     def _store_allowed(self, pos, far, attention_mask, ql: int, kv: int) -> torch.Tensor:
         """``(B, 1, ql, S)``: what the last ``ql`` queries of ``kv`` keys may see of the stored keys at
         positions ``pos`` ``(B, S)`` (-1: empty slot), far flags ``far`` ``(B, S)``. The store is compacted,

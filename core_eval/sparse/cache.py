@@ -115,7 +115,7 @@ class HybridCache(DynamicCache):
             self.layers[layer] = HybridLayer(n_full, pattern)
 
     @classmethod
-    def attached(cls, config, attentions: dict) -> "HybridCache":
+    def attached(cls, config, attentions: dict) -> HybridCache:
         """A cache for the hybrid layers ``attentions`` (layer -> ``HybridAttention``), each pointed at its
         cache layer (what ``generate()`` gets)."""
         cache = cls(config, {l: (a.n_full_kv, a.pattern) for l, a in attentions.items()})

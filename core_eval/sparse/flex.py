@@ -166,7 +166,8 @@ class FlexPlan:
         f_any, f_all = _block_any_all(self.far.view(Bp, 1, 1, self.Tp))  # (Bp, 1, nb)
         summary = (m_any, m_all, f_any[:, 0], f_all[:, 0])
         key = (str(dev), self.Tp, Bp, pattern, *(_bits(t) for t in summary))
-        self._ordered = (STRUCTURES if structures is None else structures).get(key, lambda: _structure(*summary, pattern.window))
+        structures = STRUCTURES if structures is None else structures
+        self._ordered = structures.get(key, lambda: _structure(*summary, pattern.window))
 
     def for_heads(self, full_heads: torch.Tensor) -> BlockMask:
         """BlockMask ``(Bp, H, Tp, Tp)`` for query heads ``full_heads`` ``(H,)`` bool (True = full)."""
