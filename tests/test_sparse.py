@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_FAMILIES, VLM_FAMILIES, grow_inputs
+from conftest import ALL_FAMILIES, TEXT_FAMILIES, VLM_FAMILIES, grow_inputs
 from transformers import DynamicCache
 
 import oracles
@@ -66,6 +66,23 @@ def test_flex_backend_equals_the_explicit_mask_oracle(models, family, kind):
     check_against_oracle(models, family, kind, **FLEX)
 
 
+def test_flex_block_structure_is_built_once_for_repeated_forwards(models):
+    """The layers of a forward share one plan, and a second forward of the same bucket reuses the
+    cached block lists (core_eval.sparse.STRUCTURES): one build, one hit, the same logits."""
+    from core_eval.sparse import STRUCTURES
+
+    model, proc, inputs = models("llava")
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW, **FLEX)
+    try:
+        STRUCTURES.clear()
+        with torch.no_grad():
+            first, second = model(**inputs).logits, model(**inputs).logits
+        assert len(iv.variant.hybrid_layers) > 1 and (STRUCTURES.builds, STRUCTURES.hits) == (1, 1)
+        assert torch.equal(first, second)
+    finally:
+        iv.remove()
+
+
 @pytest.fixture
 def visual_keep():
     """A pattern of one's own: sparse heads keep every visual token at any distance (and the sinks +
@@ -115,6 +132,69 @@ def check_against_oracle(models, family, kind, **options):
     full = oracle_logits(model, grow_inputs(model, inputs, gen[:, :-1]), full_kv, kind, gen[:, :-1])
     full[..., torch.tensor(model.generation_config.eos_token_id).flatten()] = -float("inf")  # min_new_tokens bans EOS
     assert torch.equal(full[:, T - 1 :].argmax(-1), gen[:, T:])
+
+
+@pytest.mark.parametrize("family", TEXT_FAMILIES)
+@pytest.mark.parametrize("sparse", [False, True], ids=["dense", "hybrid"])
+def test_chunked_prefill_equals_one_shot(models, family, sparse):
+    """Prefill in chunks of 5 and 7 tokens (left-padded batch of 2) gives the one-shot prefill's logits and
+    the same next decode step, dense (DynamicCache) and hybrid (HybridCache: each chunk's sparse heads
+    see the store's kept keys and the chunk's own); hybrid is also checked against the oracle."""
+    from core_eval.sparse.cache import chunked_prefill
+
+    model, proc, inputs = models(family)
+    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    m = mask.bool()
+    with torch.no_grad():
+        dense = model(input_ids=ids, attention_mask=mask).logits
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW) if sparse else None
+    try:
+        hybrid = {l: adapter_for(model).attention(l)._core_eval_compute for l in iv.variant.hybrid_layers} if iv else {}
+        new_cache = (lambda: HybridCache.attached(model.config, hybrid)) if sparse else (
+            lambda: DynamicCache(config=model.config))
+        runs = []
+        with torch.no_grad():
+            for chunk in (ids.shape[1], 5, 7):
+                cache = new_cache()
+                logits = chunked_prefill(model, ids, mask, cache, chunk)
+                step = model(input_ids=logits[:, -1:].argmax(-1), attention_mask=torch.cat([mask, mask[:, -1:]], 1),
+                             **{cache_kwarg(model): cache}, use_cache=True).logits
+                runs.append((logits, step))
+        full_kv = iv.variant.full_kv if iv else None
+    finally:
+        if iv:
+            iv.remove()
+    (one, one_step), *chunked = runs
+    assert ids.shape[1] > 7 and not m.all()  # several chunks, and padding
+    for logits, step in chunked:
+        torch.testing.assert_close(logits[m], one[m], atol=1e-5, rtol=0)
+        torch.testing.assert_close(step, one_step, atol=1e-5, rtol=0)
+    if sparse:
+        torch.testing.assert_close(one[m], oracle_logits(model, inputs, full_kv, "streaming", ids)[m], atol=1e-5, rtol=0)
+        assert (one[m] - dense[m]).abs().max() > 1e-4  # the pattern bites
+
+
+@pytest.mark.parametrize("family", ["llava", "gemma3"])
+def test_flex_decode_path_equals_sdpa(models, family):
+    """decode_path="flex" (FlexAttention on the whole store, eager here) gives the SDPA path's logits
+    at every one of 12 greedy steps, over a store that compacts (window 8)."""
+    from core_eval.sparse.attention import DECODE_PATHS
+
+    model, proc, inputs = models(family)
+    iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW, flex_compile=False)
+    try:
+        layers = [adapter_for(model).attention(l)._core_eval_compute for l in iv.variant.hybrid_layers]
+        steps = {}
+        for path in DECODE_PATHS:
+            for a in layers:
+                a.decode_path = path
+            with torch.no_grad():
+                out = model.generate(**inputs, max_new_tokens=12, min_new_tokens=12, do_sample=False,
+                                     output_logits=True, return_dict_in_generate=True)
+            steps[path] = torch.stack(out.logits[1:])  # the decode steps (the first comes from the prefill)
+    finally:
+        iv.remove()
+    torch.testing.assert_close(steps["flex"], steps["sdpa"], atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

@@ -1,6 +1,7 @@
 """The flex prefill backend on synthetic tensors: its block structure covers exactly what the
 mask_mod allows (so skipped blocks hold no allowed key), the compiled kernel equals the oracle and
-compiles once per length bucket, and :func:`flex_support` says why it cannot run."""
+compiles once per length bucket, the block structure is cached across forwards without ever standing
+for another mask, and :func:`flex_support` says why it cannot run."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from test_model_mask import synthetic_mask
 
 from core_eval.attention.reference import allowed_keys
 from core_eval.sparse import COMPILE_SECONDS, FlexPlan, Pattern, bucket, flex_prefill, flex_support, reference_hybrid, row_flags
-from core_eval.sparse.flex import BLOCK
+from core_eval.sparse.flex import BLOCK, StructureCache
 
 FULL = torch.tensor([True, False, False, False])  # query head 0 full (KV head 0 shared with head 1: GQA)
 
@@ -27,9 +28,10 @@ def case(T, masked, kind="text_only", window=37, seed=0, B=2):
     return q, k, v, mask, visual, Pattern(kind, n_sink=3, window=window)
 
 
-def plan_for(mask, visual, pattern, T):
+def plan_for(mask, visual, pattern, T, structures=None):
     real, vis, sink = row_flags(mask, visual.shape[0], T, "cpu", visual, pattern.n_sink)
-    return FlexPlan(None if mask is None else allowed_keys(mask, T, T, "cpu"), pattern.far(real, vis, sink), pattern, T)
+    return FlexPlan(None if mask is None else allowed_keys(mask, T, T, "cpu"), pattern.far(real, vis, sink), pattern, T,
+                    structures)
 
 
 def dense_blocks(num, idx, nb):
@@ -97,3 +99,47 @@ def test_flex_support_says_why_not():
     additive = torch.zeros(1, 1, 4, 4).masked_fill(torch.ones(4, 4, dtype=torch.bool).triu(1), torch.finfo(x.dtype).min)
     assert flex_support("cpu", torch.float32, additive) is None  # a 0 / -inf float mask is fine
     assert "biases" in flex_support("cpu", torch.float32, additive - 0.5 * torch.eye(4))
+
+
+def padded_case(T, pads, seed=0):
+    """``case`` with a causal mask and left padding ``pads`` (one per row): blocks the mask leaves whole
+    are "full" blocks, so a structure reused for the wrong mask would skip its mask_mod on padding."""
+    q, k, v, _, visual, pattern = case(T, False, seed=seed, B=len(pads))
+    mask = synthetic_mask(T, pad=pads, block=(0, 0), prefix=0, holes=0.0)[:, None]
+    return q, k, v, mask, visual, pattern
+
+
+def test_block_structure_is_reused_within_a_bucket():
+    """Two forwards whose masks agree block by block build once; a new tensor each time."""
+    cache = StructureCache()
+    for seed in (0, 1):
+        q, k, v, mask, visual, pattern = padded_case(250, (5, 0, 0, 0), seed)
+        plan_for(mask.clone(), visual, pattern, 250, cache)
+    assert (cache.builds, cache.hits, len(cache)) == (1, 1, 1)
+
+
+def test_a_new_padding_mask_in_the_same_bucket_stays_exact():
+    """The compiled kernel (which, unlike eager FlexAttention, skips unlisted blocks and the mask_mod of
+    full ones) at one bucket (256 tokens, 4 rows) with four padding masks in row 0: pad 0, 130 and 5 each
+    change the block summary (builds), pad 7 keeps pad 5's (a hit: the lists are reused, the mask_mod
+    reads the new mask). All exact to the oracle; the pad-0 structure applied to the last mask is not
+    (what a cache keyed on the bucket alone would do: blocks full for pad 0 hold padding at pad 7)."""
+    cache, plans = StructureCache(), []
+    for pad, builds in ((0, 1), (130, 2), (5, 3), (7, 3)):
+        q, k, v, mask, visual, pattern = padded_case(256, (pad, 0, 0, 0), seed=pad)
+        plans.append(plan := plan_for(mask, visual, pattern, 256, cache))
+        assert cache.builds == builds
+        got = flex_prefill(q, k, v, plan, FULL, 0.25, compile=True).transpose(1, 2)
+        want = reference_hybrid(q, k, v, mask, 0.25, FULL, pattern, visual)
+        torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
+    plan._ordered = plans[0]._ordered  # a wrong cache
+    got = flex_prefill(q, k, v, plan, FULL, 0.25, compile=True).transpose(1, 2)
+    assert (got - want).abs().max() > 1e-2
+
+
+def test_the_structure_cache_is_bounded():
+    cache = StructureCache(size=2)
+    for T in (100, 200, 400, 100):  # three buckets, then the first again: evicted, so built again
+        q, k, v, mask, visual, pattern = padded_case(T, (0, 3))
+        plan_for(mask, visual, pattern, T, cache)
+    assert (cache.builds, cache.hits, len(cache)) == (4, 0, 2)

@@ -14,7 +14,8 @@ Modules:
   and the per-key flags (real / visual / sink) the rules read;
 * :mod:`.permute`: the exact load-time q/k/v/o permutation that puts each layer's full KV heads first;
 * prefill backends: :mod:`.flex` (one FlexAttention call per layer, per-head block mask composed
-  with the model's mask, compiled per length bucket; :func:`flex_support` says why it cannot run)
+  with the model's mask, compiled per length bucket, block lists cached across forwards;
+  :func:`flex_support` says why it cannot run)
   and :mod:`.blocks` (the sparse group block by block on gathered keys, SDPA; runs anywhere);
 * :mod:`.cache`: the per-head KV cache of ``generate()``: all positions for full heads, only what a
   future query may see for sparse heads;
@@ -28,14 +29,14 @@ Modules:
 from core_eval.sparse.attention import BACKENDS, HybridAttention
 from core_eval.sparse.blocks import sparse_prefill
 from core_eval.sparse.cache import HybridCache, HybridLayer
-from core_eval.sparse.flex import COMPILE_SECONDS, FlexPlan, bucket, flex_prefill, flex_support
+from core_eval.sparse.flex import (COMPILE_SECONDS, STRUCTURES, FlexPlan, StructureCache, bucket, flex_prefill,
+                                  flex_support)
 from core_eval.sparse.oracle import reference_hybrid
 from core_eval.sparse.pattern import PATTERNS, Pattern, register_pattern, row_flags
 from core_eval.sparse.permute import permute_layer, unpermute_layer
 
 __all__ = [
     "BACKENDS", "COMPILE_SECONDS", "FlexPlan", "HybridAttention", "HybridCache", "HybridLayer", "PATTERNS",
-    "Pattern", "bucket", "flex_prefill", "flex_support", "permute_layer", "reference_hybrid", "register_pattern",
-    "row_flags",
-    "sparse_prefill", "unpermute_layer",
+    "Pattern", "STRUCTURES", "StructureCache", "bucket", "flex_prefill", "flex_support", "permute_layer",
+    "reference_hybrid", "register_pattern", "row_flags", "sparse_prefill", "unpermute_layer",
 ]

@@ -11,10 +11,13 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from core_eval.attention.reference import allowed_keys, masked_sdpa
 from core_eval.sparse.blocks import sparse_prefill
 from core_eval.sparse.cache import HybridLayer
-from core_eval.sparse.flex import FlexPlan, flex_prefill, flex_support
+from core_eval.sparse.flex import FlexPlan, flex_decode, flex_prefill, flex_support
 from core_eval.sparse.pattern import Pattern, row_flags
 
 BACKENDS = ("auto", "flex", "blocks")
+#: decode paths of the sparse group on the hybrid cache's store: SDPA on the used slots (the default on
+#: every device: on the CPU it measured faster, see the README), FlexAttention on the whole store
+DECODE_PATHS = ("sdpa", "flex")
 #: why backend=auto keeps the blocks path on the CPU (measured here, torch 2.14, one thread)
 CPU_AUTO_REASON = ("on the CPU the blocks path is faster than the compiled FlexAttention kernel (one layer, 8k tokens, "
                    "12 heads, window 256: 0.22 s vs 0.56 s; dense 0.86 s); backend=flex forces it")
@@ -40,7 +43,7 @@ class HybridAttention:
     Prefill goes through ``backend`` (``auto``: ``flex`` on CUDA when :func:`flex_support` allows it,
     else ``blocks``; on the CPU ``blocks`` measured faster than the compiled FlexAttention kernel, see
     :data:`CPU_AUTO_REASON`); the reason for the last choice is in :attr:`last_reason`. Decode steps
-    always use the per-head cache (one SDPA call on the kept keys).
+    always use the per-head cache (one SDPA call on the kept keys; ``decode_path="flex"``: FlexAttention).
     """
 
     def __init__(self, layer: int, n_full_kv: int, groups: int, pattern: Pattern, tracker, block: int = 0,
@@ -52,6 +55,7 @@ class HybridAttention:
         self.backend, self.flex_compile = backend, flex_compile
         self.plans = plans or PlanCache()
         self.cache_layer: HybridLayer | None = None  # set by the cache's layer while generating
+        self.decode_path = "sdpa"  # one of DECODE_PATHS (benchmarks/sparse_attention.py --decode-paths)
         self.last_backend: str | None = None
         self.last_reason: str | None = None
 
@@ -114,25 +118,32 @@ class HybridAttention:
             visual = self.tracker.key_flags(kv)[:, -1].to(q.device)
             cache_layer.set_new_flags(real, visual)
             n = cache_layer.n
-            pos, far = cache_layer.sp_pos[:, :n], cache_layer.sp_far[:, :n]
-            ok = (pos >= 0) & (far | (kv - 1 - pos < p.window))
-            if attention_mask is not None:  # the store is compacted: read the model's row at each slot's position
-                row = allowed_keys(attention_mask, 1, kv, q.device)[:, 0, -1].expand(B, kv)
-                ok &= row.gather(1, pos.clamp(min=0))
+            if self.decode_path == "flex":  # every slot of the store (its capacity: no recompile per step)
+                ok = self._store_allowed(cache_layer.sp_pos, cache_layer.sp_far, attention_mask, 1, kv)
+                return flex_decode(q, cache_layer.sp_k, cache_layer.sp_v, ok[:, 0, 0], scaling, self.flex_compile)
+            ok = self._store_allowed(cache_layer.sp_pos[:, :n], cache_layer.sp_far[:, :n], attention_mask, 1, kv)
             return F.scaled_dot_product_attention(q, cache_layer.sp_k[:, :, :n], cache_layer.sp_v[:, :, :n],
-                                                  attn_mask=ok[:, None, None, :], scale=scaling,
-                                                  enable_gqa=self.groups > 1)
+                                                  attn_mask=ok, scale=scaling, enable_gqa=self.groups > 1)
         visual = self.tracker.key_flags(kv)
         real, vis, sink = row_flags(attention_mask, B, kv, q.device, visual, p.n_sink)
         # bool view of the model's (B|1, 1, ql, kv) mask; None stays None (causal, never materialized)
         model_mask = None if attention_mask is None else allowed_keys(attention_mask, ql, kv, q.device)
-        if cache_layer is not None:  # prefill into an empty hybrid cache
-            k_new, v_new, start = cache_layer.prefill_chunk
-            if start != 0 or ql != kv:
-                raise NotImplementedError("hybrid sparse attention: chunked prefill into a filled cache")
+        if cache_layer is not None and cache_layer.prefill_chunk[2] == 0 and ql == kv:  # prefill, empty cache
+            k_new, v_new, _ = cache_layer.prefill_chunk
             out = sparse_prefill(q, k_new, v_new, real, vis, sink, p, scaling, self.block, model_mask=model_mask)
             cache_layer.commit_chunk(real, p.far(real, vis, sink))
             return out
+        if cache_layer is not None:  # a prefill chunk into a filled cache: the store's kept keys + the chunk's
+            k_new, v_new, start = cache_layer.prefill_chunk
+            n, far = cache_layer.n, p.far(real, vis, sink)[:, start:]
+            pos = torch.arange(start, kv, device=q.device)[None].expand(B, ql)
+            pos = torch.cat([cache_layer.sp_pos[:, :n], torch.where(real[:, start:], pos, -1)], 1)
+            ok = self._store_allowed(pos, torch.cat([cache_layer.sp_far[:, :n], far], 1), attention_mask, ql, kv)
+            g = self.groups
+            k = torch.cat([cache_layer.sp_k[:, :, :n], k_new], 2).repeat_interleave(g, 1)
+            v = torch.cat([cache_layer.sp_v[:, :, :n], v_new], 2).repeat_interleave(g, 1)
+            cache_layer.commit_chunk(real[:, start:], far)
+            return masked_sdpa(q, k, v, ok, scaling)
         # no hybrid cache: every key is here (a plain forward, or decode with a dense cache)
         k, v = key[:, self.n_full_kv :], value[:, self.n_full_kv :]
         if ql == kv:
@@ -142,6 +153,16 @@ class HybridAttention:
         ok = p.allowed(q_pos, k_pos, p.far(real, vis, sink), real, model_mask=model_mask)
         g = self.groups
         return masked_sdpa(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), ok, scaling)
+
+    def _store_allowed(self, pos, far, attention_mask, ql: int, kv: int) -> torch.Tensor:
+        """``(B, 1, ql, S)``: what the last ``ql`` queries of ``kv`` keys may see of the stored keys at
+        positions ``pos`` ``(B, S)`` (-1: empty slot), far flags ``far`` ``(B, S)``. The store is compacted,
+        so the model's mask is read at each slot's position (its causality, padding and blocks)."""
+        B, S = pos.shape
+        rows = allowed_keys(attention_mask, ql, kv, pos.device).expand(B, 1, ql, kv)
+        model = rows.gather(3, pos.clamp(min=0)[:, None, None, :].expand(B, 1, ql, S))
+        q_pos = torch.arange(kv - ql, kv, device=pos.device)[None]
+        return self.pattern.allowed(q_pos, pos, far, pos >= 0, model_mask=model)
 
 
 def _last_real(attention_mask, batch, device) -> torch.Tensor:

@@ -114,6 +114,15 @@ class HybridCache(DynamicCache):
         for layer, (n_full, pattern) in hybrid.items():
             self.layers[layer] = HybridLayer(n_full, pattern)
 
+    @classmethod
+    def attached(cls, config, attentions: dict) -> HybridCache:
+        """A cache for the hybrid layers ``attentions`` (layer -> ``HybridAttention``), each pointed at its
+        cache layer (what ``generate()`` gets)."""
+        cache = cls(config, {l: (a.n_full_kv, a.pattern) for l, a in attentions.items()})
+        for l, a in attentions.items():
+            a.cache_layer = cache.layers[l]
+        return cache
+
     def kv_bytes(self) -> int:
         """Bytes held by keys and values, all layers."""
         total = 0
@@ -123,3 +132,18 @@ class HybridCache(DynamicCache):
             if isinstance(layer, HybridLayer):
                 total += layer.sparse_bytes()
         return total
+
+
+def chunked_prefill(model, input_ids, attention_mask, cache, chunk: int, last_only: bool = False) -> torch.Tensor:
+    """Prefill ``input_ids`` ``(B, T)`` into ``cache`` in forwards of ``chunk`` tokens (each sees the cache
+    and its own tokens; ``attention_mask`` ``(B, T)`` grows with them). Returns the logits ``(B, T, V)``,
+    or ``(B, 1, V)`` of the last token with ``last_only``. Text only: a chunk carries no image inputs."""
+    from core_eval.attention.cache_kwarg import cache_kwarg
+
+    kw, T, outs = cache_kwarg(model), input_ids.shape[1], []
+    for s in range(0, T, chunk):
+        e = min(T, s + chunk)
+        out = model(input_ids=input_ids[:, s:e], attention_mask=attention_mask[:, :e], **{kw: cache}, use_cache=True,
+                    logits_to_keep=1 if last_only else 0)
+        outs.append(out.logits)
+    return outs[-1] if last_only else torch.cat(outs, 1)

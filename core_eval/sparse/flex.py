@@ -12,8 +12,10 @@ compile once per distinct count; with all heads the layer shape is the same ever
 model compiles once per length bucket (and batch size).
 
 Costs (CPU, torch 2.14, measured here): the first call of a length bucket compiles the kernel,
-about 10-30 s (less when inductor's on-disk cache already holds it); a later bucket about 4-9 s; each
-forward builds the block structure once (under 10 ms at 2k tokens) and every layer reuses it.
+about 10-30 s (less when inductor's on-disk cache already holds it); a later bucket about 4-9 s. Each
+forward pads the model's mask to the bucket and summarises it per block once (every layer reuses it;
+one pass, 9 ms at 8k tokens on the CPU when no padding copy is needed, +24 ms for the copy); the block
+lists themselves come from :data:`STRUCTURES`, an LRU keyed on that summary (a hit is exactly a build).
 Lengths are padded up to a power of two (>= 128): padded keys are masked out and padded query rows
 have no key blocks, so the padding costs memory copies, not attention work. The batch is padded
 up to a power of two the same way (the last, smaller batch of an evaluation reuses the kernel). A mask
@@ -30,7 +32,9 @@ import importlib.util
 import shutil
 import time
 import warnings
+from collections import OrderedDict
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -92,48 +96,78 @@ def _kernel(compile: bool):
     return _compiled
 
 
+class StructureCache:
+    """A small LRU of block structures (the ordered block lists of both head kinds), shared across forwards.
+
+    The key is the bucket ``(device, Tp, Bp)``, the pattern, and the block-level summary of the current
+    forward (which blocks of the model's mask hold some / only allowed pairs; which key blocks hold some /
+    only far keys). The structure is a function of that key alone, so a hit is exactly what a build
+    would give: a new padding mask that moves a block boundary misses and builds; one that does not
+    reuses the lists, and the mask_mod still reads the current mask. ``builds`` / ``hits`` count.
+    """
+
+    def __init__(self, size: int = 8):
+        self.size, self.builds, self.hits = size, 0, 0
+        self._entries: OrderedDict = OrderedDict()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def get(self, key, build):
+        if key in self._entries:
+            self._entries.move_to_end(key)
+            self.hits += 1
+            return self._entries[key]
+        value = self._entries[key] = build()
+        self.builds += 1
+        if len(self._entries) > self.size:
+            self._entries.popitem(last=False)  # least recently used
+        return value
+
+    def clear(self) -> None:
+        self._entries.clear()
+        self.builds = self.hits = 0
+
+
+#: the process-wide structure cache of the flex backend (8 entries: a few length x batch buckets)
+STRUCTURES = StructureCache()
+
+
 class FlexPlan:
     """The block structure of one forward, shared by every hybrid layer of it.
 
     Built from the model's mask and the pattern's far-key flags; ``for_heads`` turns it into a
     :class:`BlockMask` for one layer's per-head full/sparse split. ``mask`` ``(B|1, 1, T, T)`` bool
     or ``None`` (causal); ``far`` ``(B, T)`` bool (sinks, text for ``text_only``; real keys only).
+    Every forward pads the mask and flags to the buckets and summarises them per block (what
+    correctness needs: a block is skipped or "full" only as the current mask says); the ordered block
+    lists come from ``structures`` (:class:`StructureCache`) keyed on that summary.
     """
 
-    def __init__(self, mask: torch.Tensor | None, far: torch.Tensor, pattern: Pattern, T: int):
+    def __init__(self, mask: torch.Tensor | None, far: torch.Tensor, pattern: Pattern, T: int,
+                 structures: StructureCache | None = None):
         B, dev = far.shape[0], far.device
         self.Tp, self.pattern = bucket(T), pattern
         Bp = self.Bp = bucket(B, 1)  # padded batch rows get no blocks: no work
         self.n = torch.tensor(T, device=dev)  # a tensor, so a new length in the same bucket does not recompile
-        nb, W = self.Tp // BLOCK, pattern.window
-        blk = torch.arange(nb, device=dev)
-        qs, qe = blk[:, None] * BLOCK, blk[:, None] * BLOCK + BLOCK - 1  # first / last query of a block
-        ks, ke = blk[None] * BLOCK, blk[None] * BLOCK + BLOCK - 1
-        inside = (ks < T) & (qs < T)  # blocks wholly in the padding hold no work
-        if mask is None:  # causal; padded batch rows: nothing
-            row = (torch.arange(Bp, device=dev) < B)[:, None, None]
-            m_any, m_all = (ks <= qe) & inside & row, (ke <= qs) & (ke < T) & (qe < T) & row
+        nb = self.Tp // BLOCK
         # The mask_mod reads the model's mask and the far flags padded to the bucket (padding: False), so
         # a kernel compiled for the bucket serves every length and batch size in it (tensors of another
         # shape recompile).
         self.mask = None
-        if mask is not None:
+        if mask is None:  # causal; padded batch rows: nothing
+            m_any, m_all = _causal_blocks(T, B, Bp, nb, dev)
+        else:
             pad = (0, self.Tp - T, 0, self.Tp - T, 0, 0, 0, Bp - B)
-            self.mask = F.pad(mask.expand(B, 1, T, T), pad)  # (Bp, 1, Tp, Tp)
-            mp = self.mask.view(Bp, nb, BLOCK, nb, BLOCK)
-            m_any, m_all = mp.any(4).any(2), mp.all(4).all(2)
+            exact = not any(pad) and mask.shape[0] == B and mask.is_contiguous()
+            self.mask = mask if exact else F.pad(mask.expand(B, 1, T, T), pad)  # (Bp, 1, Tp, Tp)
+            m_any, m_all = _block_any_all(self.mask.view(Bp, nb, BLOCK, self.Tp))  # (Bp, nb, nb)
         self.far = F.pad(far, (0, self.Tp - T, 0, Bp - B))  # (Bp, Tp)
-        farp = self.far.view(Bp, nb, BLOCK)
-        # the pattern keeps (q, k) iff q - k < W or k is far: "some pair kept" / "every pair kept" per block
-        p_any = (qs - ke < W)[None] | farp.any(2)[:, None, :]
-        p_all = (qe - ks < W)[None] | farp.all(2)[:, None, :]
-        full_full = m_all  # a full head's block: the model's mask decides alone
-        full_part = m_any & ~m_all
-        sp_full = m_all & p_all
-        sp_part = m_any & p_any & ~sp_full  # conservative: the mask_mod decides inside partial blocks
-        # ordered block lists for the two head kinds, (Bp, 2, nb[, nb]); a layer picks one per head
-        self._ordered = [_dense_to_ordered(torch.stack([a.expand(Bp, nb, nb), b.expand(Bp, nb, nb)], 1))
-                         for a, b in ((full_part, sp_part), (full_full, sp_full))]
+        f_any, f_all = _block_any_all(self.far.view(Bp, 1, 1, self.Tp))  # (Bp, 1, nb)
+        summary = (m_any, m_all, f_any[:, 0], f_all[:, 0])
+        key = (str(dev), self.Tp, Bp, pattern, *(_bits(t) for t in summary))
+        structures = STRUCTURES if structures is None else structures
+        self._ordered = structures.get(key, lambda: _structure(*summary, pattern.window))
 
     def for_heads(self, full_heads: torch.Tensor) -> BlockMask:
         """BlockMask ``(Bp, H, Tp, Tp)`` for query heads ``full_heads`` ``(H,)`` bool (True = full)."""
@@ -148,6 +182,47 @@ class FlexPlan:
 
         return BlockMask.from_kv_blocks(pn, pi, fn, fi, BLOCK_SIZE=BLOCK, mask_mod=mask_mod,
                                         seq_lengths=(self.Tp, self.Tp), compute_q_blocks=False)
+
+
+def _causal_blocks(T: int, B: int, Bp: int, nb: int, dev):
+    """``(Bp, nb, nb)`` "some pair allowed" / "every pair allowed" of the causal mask over ``T`` real keys."""
+    blk = torch.arange(nb, device=dev)
+    qs, qe = blk[:, None] * BLOCK, blk[:, None] * BLOCK + BLOCK - 1  # first / last query of a block
+    ks, ke = blk[None] * BLOCK, blk[None] * BLOCK + BLOCK - 1
+    row = (torch.arange(Bp, device=dev) < B)[:, None, None]
+    inside = (ks < T) & (qs < T)  # blocks wholly in the padding hold no work
+    return (ks <= qe) & inside & row, (ke <= qs) & (ke < T) & (qe < T) & row
+
+
+def _block_any_all(x: torch.Tensor):
+    """``x`` ``(Bp, nq, rows, Tp)`` bool -> per ``rows x BLOCK`` block "any" / "all", ``(Bp, nq, Tp / BLOCK)``.
+    One pass: a bool tensor's bytes are 0 / 1, so an int64 word holds 8 flags and is at most ``ONES``
+    (all True), and the sum of a block row's 16 words is ``16 * ONES`` iff every flag is set (no overflow)."""
+    Bp, nq, rows, Tp = x.shape
+    s = x.contiguous().view(torch.int64).view(Bp, nq, rows, Tp // BLOCK, BLOCK // 8).sum(4)
+    return (s != 0).any(2), (s == BLOCK // 8 * 0x0101010101010101).all(2)
+
+
+def _bits(t: torch.Tensor) -> bytes:
+    """A bool tensor's shape and packed bits: an exact, small cache key."""
+    return bytes(str(tuple(t.shape)), "ascii") + np.packbits(t.cpu().numpy()).tobytes()
+
+
+def _structure(m_any, m_all, f_any, f_all, W: int):
+    """Ordered block lists ``[(partial), (full)]``, each (counts ``(Bp, 2, nb)``, indices ``(Bp, 2, nb, nb)``),
+    index 0 of dim 1 for full heads, 1 for sparse heads, from the block summary of the mask ``(Bp, nb, nb)``
+    and of the far keys ``(Bp, nb)``; the pattern keeps ``(q, k)`` iff ``q - k < W`` or ``k`` is far."""
+    Bp, nb = m_any.shape[0], m_any.shape[-1]
+    blk = torch.arange(nb, device=m_any.device)
+    qs, qe = blk[:, None] * BLOCK, blk[:, None] * BLOCK + BLOCK - 1
+    ks, ke = blk[None] * BLOCK, blk[None] * BLOCK + BLOCK - 1
+    p_any = (qs - ke < W)[None] | f_any[:, None, :]  # some pair of the block kept / every pair kept
+    p_all = (qe - ks < W)[None] | f_all[:, None, :]
+    sp_full = m_all & p_all
+    sp_part = m_any & p_any & ~sp_full  # conservative: the mask_mod decides inside partial blocks
+    full_part = m_any & ~m_all  # a full head's block: the model's mask decides alone
+    return [_dense_to_ordered(torch.stack([a.expand(Bp, nb, nb), b.expand(Bp, nb, nb)], 1))
+            for a, b in ((full_part, sp_part), (m_all, sp_full))]
 
 
 def _dense_to_ordered(dense: torch.Tensor):
@@ -173,12 +248,27 @@ def flex_prefill(q, k, v, plan: FlexPlan, full_heads: torch.Tensor, scaling, com
     key = (q.device.type, q.dtype, plan.Bp, H, k.shape[1], Tp, D, compile)
     first = compile and key not in COMPILE_SECONDS
     t = time.perf_counter()
-    with warnings.catch_warnings():
-        # eager FlexAttention (flex_compile=false) warns on every process's first call that it is unfused: asked for
-        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
-        out = fn(qp, kp, vp, block_mask=plan.for_heads(full_heads), scale=scaling, enable_gqa=H != k.shape[1])
+    out = _call(fn, qp, kp, vp, block_mask=plan.for_heads(full_heads), scale=scaling, enable_gqa=H != k.shape[1])
     if first:
         if q.device.type == "cuda":
             torch.cuda.synchronize(q.device)
         COMPILE_SECONDS[key] = time.perf_counter() - t
     return out[:B, :, :T]
+
+
+def flex_decode(q, k, v, ok, scaling, compile: bool = True) -> torch.Tensor:
+    """One decode query per row on a store of keys: q ``(B, H, 1, D)``, k/v ``(B, Hkv, S, D)``, ``ok``
+    ``(B, S)`` bool (slots past the used ones: False) -> ``(B, H, 1, D)``. ``S`` is the store's capacity,
+    constant between compactions, so the compiled kernel serves step after step."""
+
+    def score_mod(score, b, h, qi, ki):
+        return torch.where(ok[b, ki], score, -float("inf"))
+
+    return _call(_kernel(compile), q, k, v, score_mod=score_mod, scale=scaling, enable_gqa=q.shape[1] != k.shape[1])
+
+
+def _call(fn, *args, **kwargs):
+    with warnings.catch_warnings():
+        # eager FlexAttention (flex_compile=false) warns on every process's first call that it is unfused: asked for
+        warnings.filterwarnings("ignore", message="flex_attention called without torch.compile")
+        return fn(*args, **kwargs)

@@ -96,10 +96,7 @@ class SparseVariant(Variant):
         def wrapper(generate):
             def hybrid_generate(*args, **kwargs):
                 if cache_in(kwargs) is None:
-                    cache = HybridCache(config, {l: (a.n_full_kv, a.pattern) for l, a in hybrid.items()})
-                    for l, a in hybrid.items():
-                        a.cache_layer = cache.layers[l]
-                    kwargs[cache_kwarg(patcher.model)] = cache
+                    kwargs[cache_kwarg(patcher.model)] = HybridCache.attached(config, hybrid)
                 return generate(*args, **kwargs)
 
             return hybrid_generate
