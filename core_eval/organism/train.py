@@ -41,7 +41,9 @@ reproduce the shipped weights' recipe): ``image_labels`` (the chat template writ
 ``batch`` (the ``core_text_lookup_table`` family; stage 1 then also classifies each patch's key
 letter and value digit), ``knobs`` (per-family knob overrides of the training probes) and
 ``turns`` (further questions about the same images per training item, multi-turn, so every
-image supervises several answers). What they did is in the README's organism section.
+image supervises several answers) and ``"readout:<family>"`` entries of ``pool`` / ``batch``
+(:mod:`core_eval.organism.readout`: the images, then ``readout_asks`` query/answer pairs back to
+back, associative recall over the visual tokens). What they did is in the README's organism section.
 
 Output: ``save_pretrained`` model (float32 safetensors) + processor + generation config, and
 ``training_log.json`` (config, seeds, timings, losses, validation accuracy, final greedy exact
@@ -102,6 +104,8 @@ DEFAULTS = dict(
     knobs={},
     # further questions per training item about the same images (multi-turn, dense supervision)
     turns={},
+    # pairs per "readout:<family>" item of pool / batch (core_eval/organism/readout.py)
+    readout_asks=8,
     val_n=200, val_every=500,
     final_n=100,
     # stage 0 (text-only recall before the visual stages; off unless s0_steps > 0): stage0.py
@@ -357,9 +361,12 @@ def more_questions(sample, rng: random.Random, k: int) -> list[tuple[str, str]]:
 
 def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, rng_seed: int,
                chunk: int = 200, styles=("plain", "lm_eval"), knobs: dict | None = None,
-               turns: dict | None = None) -> Pool:
+               turns: dict | None = None, readout_asks: int = 8) -> Pool:
     """Tokenized items of each family (``turns[family]`` further questions per item, see
-    :func:`more_questions`) and the tower features of their images."""
+    :func:`more_questions`; a ``"readout:<family>"`` entry: read-out items of ``readout_asks``
+    pairs, :mod:`core_eval.organism.readout`) and the tower features of their images."""
+    from core_eval.organism.readout import base_family, encode_readout
+
     pool = Pool()
     rng = random.Random(rng_seed)
     trng = random.Random(rng_seed + 17)
@@ -369,11 +376,13 @@ def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, 
         for c_i, start in enumerate(range(0, n, chunk)):
             m = min(chunk, n - start)
             seed = seed0 + 1000 * f_i + c_i
-            kn = (knobs or {}).get(fam)
+            base_fam = base_family(fam)
+            kn = (knobs or {}).get(fam, (knobs or {}).get(base_fam))
             if rng.random() < varied_frac.get(fam, 0.0):
-                kn = knob_variant(fam, rng)
-            fam_styles = ("lm_eval",) if fam == "text_needle" else styles
-            by_style = {st: make_samples(fam, m, seed, style=st, knobs=kn) for st in fam_styles}
+                kn = knob_variant(base_fam, rng)
+            # a read-out item ends with its images: the phrasing of the question does not enter it
+            fam_styles = ("lm_eval",) if fam == "text_needle" else ("plain",) if fam != base_fam else styles
+            by_style = {st: make_samples(base_fam, m, seed, style=st, knobs=kn) for st in fam_styles}
             base = by_style[fam_styles[0]]
             ims = [im for s in base for im in s.images]
             fidx: list[int] = []
@@ -384,6 +393,11 @@ def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, 
             for j in range(m):
                 k = len(base[j].images)
                 fi, pos = fidx[pos:pos + k], pos + k
+                if fam != base_fam:
+                    it = encode_readout(processor, base[j], fi, trng, readout_asks)
+                    it.family = fam
+                    items.append((it,))
+                    continue
                 more = more_questions(base[j], trng, (turns or {}).get(fam, 0))
                 items.append(tuple(encode_item(processor, by_style[st][j], fi, more) for st in fam_styles))
         pool.items[fam] = items
@@ -533,9 +547,10 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
         p.requires_grad_(False)
     model.model.vision_tower.eval()
     pool = build_pool(model, processor, c["pool"], TRAIN_SEED0, varied_frac=c["varied_frac"],
-                      rng_seed=c["seed"] + 3, styles=tuple(c["styles"]), knobs=c["knobs"], turns=c["turns"])
+                      rng_seed=c["seed"] + 3, styles=tuple(c["styles"]), knobs=c["knobs"], turns=c["turns"],
+                      readout_asks=c["readout_asks"])
     val = build_pool(model, processor, {f: c["val_n"] for f in c["pool"]}, VAL_SEED,
-                     varied_frac={}, rng_seed=c["seed"] + 4, knobs=c["knobs"])
+                     varied_frac={}, rng_seed=c["seed"] + 4, knobs=c["knobs"], readout_asks=c["readout_asks"])
     rec["stage2_data_seconds"] = round(time.time() - t0, 1)
     pad_id = processor.tokenizer.pad_token_id
     params = [p for n, p in model.named_parameters() if p.requires_grad]
@@ -633,8 +648,26 @@ def _forward_check(model, processor, samples) -> float:
 
 # ----------------------------------------------------------------------------- main
 
+def check_config(c: dict) -> None:
+    """Refuse a mixture that cannot run, before any work: every ``batch`` family needs a ``pool``,
+    every pool family must be one the organism knows (read-outs: of a family that has them)."""
+    from core_eval.organism.data import FAMILIES
+    from core_eval.organism.readout import READOUT_FAMILIES, base_family
+
+    for f in c["pool"]:
+        base = base_family(f)
+        if base not in FAMILIES or (base != f and base not in READOUT_FAMILIES):
+            raise ValueError(f"pool family {f!r} is unknown; known: {list(FAMILIES)} and "
+                             f"{['readout:' + r for r in READOUT_FAMILIES]}")
+    missing = [f for f in c["batch"] if f not in c["pool"]]
+    if missing:
+        raise ValueError(f"batch families {missing} have no pool entry; add them to --set pool=...")
+
+
 def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cpu") -> dict:
     from core_eval.organism.evaluate import evaluate, load
+
+    check_config(c)
 
     torch.set_num_threads(threads)
     if device.startswith("cuda"):  # deterministic cuBLAS; some CUDA kernels only warn

@@ -1,0 +1,98 @@
+"""Read-out items of the organism's training (core_eval/organism/readout.py): the pairs follow the
+probe's own layout, the item is the real prompt up to its last image, every answer is a target."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import pytest
+
+from core_eval.organism.readout import READOUT_FAMILIES, encode_readout, readout_pairs
+
+FAMS = READOUT_FAMILIES
+
+
+@pytest.fixture(scope="module")
+def processor():
+    from core_eval.organism.train import DEFAULTS, build_processor, build_tokenizer
+
+    c = {**DEFAULTS, "tokenizer": "v2", "image_labels": True,
+         "batch": {"grid_needle": 1, "text_table": 1}}
+    return build_processor(build_tokenizer(c))
+
+
+def _samples(fam, n=4):
+    from core_eval.organism.data import make_samples
+
+    return make_samples(fam, n, seed=11, style="lm_eval")
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_pairs_follow_the_probe_layout(fam):
+    """Each pair is checked against the sample's own metadata, independently of how it was built."""
+    for s in _samples(fam):
+        pairs = readout_pairs(s)
+        assert pairs and len({q for q, _ in pairs}) == len(pairs)
+        m = s.meta
+        for q, a in pairs:
+            if fam == "text_table":
+                assert {r["key"]: r["value"] for r in m["rows"]}[q] == a
+            elif fam == "multi_image_needle":  # the object is in image a and in no other
+                holds = [k + 1 for k, objs in enumerate(m["objects"]) if any(o["type"] == q for o in objs)]
+                assert holds == [int(a)]
+            elif fam == "grid_needle":
+                r, c = (int(x) for x in q.split())
+                assert m["cells"][(r - 1) * m["knobs"]["grid"] + (c - 1)] == a
+            else:
+                assert sum(o["type"].startswith(q + " ") for o in m["objects"]) == int(a)
+        if fam == "count_control":  # every object is counted once
+            assert sum(int(a) for _, a in pairs) == len(m["objects"])
+        if fam == "multi_image_needle":  # the needle is one of them, with the probe's answer
+            assert (" ".join(m["target"]), s.answer) in pairs
+
+
+@pytest.mark.parametrize("fam", FAMS)
+def test_item_is_the_prompt_up_to_its_last_image_then_query_answer_pairs(processor, fam):
+    from core_eval.organism.train import N_VIS, encode_item
+
+    tok = processor.tokenizer
+    img = tok.convert_tokens_to_ids("<image>")
+    for s in _samples(fam, 2):
+        it = encode_readout(processor, s, list(range(len(s.images))), random.Random(0), 6)
+        full = encode_item(processor, s, [])
+        cut = max(i for i, t in enumerate(full.ids) if t == img) + 2  # the last image and its newline
+        assert it.ids[:cut] == full.ids[:cut] and it.ids.count(img) == N_VIS * len(s.images)
+        assert len(it.spans) == 6 and it.feats == list(range(len(s.images)))
+        pairs = dict(readout_pairs(s))
+        prev = cut
+        for a, b in it.spans:  # query tokens, then its answer's: nothing else between the pairs
+            q = tok.decode(it.ids[prev:a])
+            assert pairs[q] == tok.decode(it.ids[a:b])
+            prev = b
+        assert prev == len(it.ids)
+
+
+def test_check_config_refuses_before_any_work():
+    from core_eval.organism.train import DEFAULTS, check_config
+
+    with pytest.raises(ValueError, match="readout:text_needle.*unknown.*readout:text_table"):
+        check_config({**DEFAULTS, "pool": {"readout:text_needle": 4}, "batch": {}})
+    with pytest.raises(ValueError, match=r"\['readout:grid_needle'\] have no pool entry"):
+        check_config({**DEFAULTS, "batch": {"grid_needle": 2, "readout:grid_needle": 2}})
+    check_config({**DEFAULTS, "pool": {"grid_needle": 4, "readout:grid_needle": 4},
+                  "batch": {"grid_needle": 2, "readout:grid_needle": 2}})
+
+
+def test_training_with_readout_items(tmp_path):
+    """Read-out families in pool and batch at toy size: trained on, validated, logged."""
+    from core_eval.organism.train import main
+
+    pools = '{"text_table": 12, "readout:text_table": 12, "readout:multi_image_needle": 6}'
+    main(["--out", str(tmp_path / "o"), "--steps", "2", "--set", "s1_steps=2", "--set", "val_n=3",
+          "--set", "val_every=2", "--set", "final_n=1", "--set", "tokenizer=\"v2\"",
+          "--set", 's1_pool={"text_table": 8}', "--set", f"pool={pools}", "--set", "readout_asks=5",
+          "--set", 'batch={"text_table": 2, "readout:text_table": 2, "readout:multi_image_needle": 1}'])
+    log = json.loads((tmp_path / "o" / "training_log.json").read_text())
+    assert log["stage2"]["steps_done"] == 2
+    assert {"readout:text_table", "readout:multi_image_needle"} <= set(log["stage2"]["val"][-1])
