@@ -96,3 +96,19 @@ def test_training_with_readout_items(tmp_path):
     log = json.loads((tmp_path / "o" / "training_log.json").read_text())
     assert log["stage2"]["steps_done"] == 2
     assert {"readout:text_table", "readout:multi_image_needle"} <= set(log["stage2"]["val"][-1])
+
+
+def test_multi_image_variants_draw_from_the_configured_ranges():
+    """Small scenes for the multi-image curriculum; the default (v1) ranges draw exactly what the
+    shipped recipe drew (one randint), so its random stream is unchanged."""
+    from core_eval.organism.train import knob_variant
+
+    rng, ref = random.Random(5), random.Random(5)
+    for _ in range(20):
+        k = knob_variant("multi_image_needle", rng)
+        assert k["objects_per_image"] == 4 and k["n_images"] == ref.randint(2, 3)
+    assert rng.random() == ref.random()
+    ranges = {"n_images": [2, 4], "objects_per_image": [1, 4]}
+    seen = {(k["n_images"], k["objects_per_image"])
+            for k in (knob_variant("multi_image_needle", rng, ranges) for _ in range(400))}
+    assert seen == {(n, o) for n in (2, 3, 4) for o in (1, 2, 3, 4)}

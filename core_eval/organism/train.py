@@ -93,7 +93,9 @@ DEFAULTS = dict(
     pool={"grid_needle": 16000, "count_control": 2000, "multi_image_needle": 2000,
           "text_needle": 5000},
     styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
-    # share of each pool drawn with other knobs (see knob_variant)
+    # share of each pool drawn with other knobs (see knob_variant); the ranges of multi-image
+    # variants (small scenes first let "which image holds X" leave chance: docs/organism_sweep.md)
+    mi_variant={"n_images": [2, 3], "objects_per_image": [4, 4]},
     varied_frac={"grid_needle": 0.3, "multi_image_needle": 0.5, "text_needle": 0.5},
     # Options off by default (the shipped weights were trained without them; see the README's
     # "What we learnt" for what they did). The chat template writes "Image k: " before the k-th
@@ -259,14 +261,19 @@ def vision_features(model, pixel_values: torch.Tensor) -> torch.Tensor:
     return out.hidden_states[model.config.vision_feature_layer][:, 1:]
 
 
-def knob_variant(family: str, rng: random.Random) -> dict:
+def knob_variant(family: str, rng: random.Random, mi_variant: dict | None = None) -> dict:
     """Other knob settings of ``family`` mixed into the training pool (easier and harder
-    cases than the task's; the 4x4 grid / 448 px geometry is kept)."""
+    cases than the task's; the 4x4 grid / 448 px geometry is kept). ``mi_variant``: the
+    inclusive ranges multi-image variants draw ``n_images`` / ``objects_per_image`` from
+    (default ``DEFAULTS["mi_variant"]``)."""
     if family == "grid_needle":
         return {**TASK_KNOBS["grid_needle"], "n_distractor_types": rng.randint(1, 15),
                 "confusable": rng.random() < 0.5}
     if family == "multi_image_needle":
-        return {**TASK_KNOBS["multi_image_needle"], "n_images": rng.randint(2, 3)}
+        r = mi_variant or DEFAULTS["mi_variant"]
+        lo, hi = r["objects_per_image"]  # a fixed count draws nothing (the v1 recipe's stream)
+        return {**TASK_KNOBS["multi_image_needle"], "n_images": rng.randint(*r["n_images"]),
+                "objects_per_image": lo if lo == hi else rng.randint(lo, hi)}
     if family == "text_needle":
         return {**TASK_KNOBS["text_needle"], "n_rows": rng.randint(2, 7)}
     if family == "text_table":  # fewer entries (down to 3), same 4x4 table
@@ -361,7 +368,7 @@ def more_questions(sample, rng: random.Random, k: int) -> list[tuple[str, str]]:
 
 def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, rng_seed: int,
                chunk: int = 200, styles=("plain", "lm_eval"), knobs: dict | None = None,
-               turns: dict | None = None, readout_asks: int = 8) -> Pool:
+               turns: dict | None = None, readout_asks: int = 8, mi_variant: dict | None = None) -> Pool:
     """Tokenized items of each family (``turns[family]`` further questions per item, see
     :func:`more_questions`; a ``"readout:<family>"`` entry: read-out items of ``readout_asks``
     pairs, :mod:`core_eval.organism.readout`) and the tower features of their images."""
@@ -379,7 +386,7 @@ def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, 
             base_fam = base_family(fam)
             kn = (knobs or {}).get(fam, (knobs or {}).get(base_fam))
             if rng.random() < varied_frac.get(fam, 0.0):
-                kn = knob_variant(base_fam, rng)
+                kn = knob_variant(base_fam, rng, mi_variant)
             # a read-out item ends with its images: the phrasing of the question does not enter it
             fam_styles = ("lm_eval",) if fam == "text_needle" else ("plain",) if fam != base_fam else styles
             by_style = {st: make_samples(base_fam, m, seed, style=st, knobs=kn) for st in fam_styles}
@@ -548,7 +555,7 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
     model.model.vision_tower.eval()
     pool = build_pool(model, processor, c["pool"], TRAIN_SEED0, varied_frac=c["varied_frac"],
                       rng_seed=c["seed"] + 3, styles=tuple(c["styles"]), knobs=c["knobs"], turns=c["turns"],
-                      readout_asks=c["readout_asks"])
+                      readout_asks=c["readout_asks"], mi_variant=c["mi_variant"])
     val = build_pool(model, processor, {f: c["val_n"] for f in c["pool"]}, VAL_SEED,
                      varied_frac={}, rng_seed=c["seed"] + 4, knobs=c["knobs"], readout_asks=c["readout_asks"])
     rec["stage2_data_seconds"] = round(time.time() - t0, 1)
