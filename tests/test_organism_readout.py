@@ -18,7 +18,7 @@ def processor():
     from core_eval.organism.train import DEFAULTS, build_processor, build_tokenizer
 
     c = {**DEFAULTS, "tokenizer": "v2", "image_labels": True,
-         "batch": {"grid_needle": 1, "text_table": 1}}
+         "pool": {"grid_needle": 1, "text_table": 1}}
     return build_processor(build_tokenizer(c))
 
 
@@ -89,12 +89,13 @@ def test_training_with_readout_items(tmp_path):
     from core_eval.organism.train import main
 
     pools = '{"text_table": 12, "readout:text_table": 12, "readout:multi_image_needle": 6}'
-    main(["--out", str(tmp_path / "o"), "--steps", "2", "--set", "s1_steps=2", "--set", "val_n=3",
+    phases = '[{"steps": 1, "batch": {"readout:text_table": 2}}, {"steps": 1, "batch": {"text_table": 2}}]'
+    main(["--out", str(tmp_path / "o"), "--steps", "3", "--set", f"phases={phases}", "--set", "s1_steps=2", "--set", "val_n=3",
           "--set", "val_every=2", "--set", "final_n=1", "--set", "tokenizer=\"v2\"",
           "--set", 's1_pool={"text_table": 8}', "--set", f"pool={pools}", "--set", "readout_asks=5",
           "--set", 'batch={"text_table": 2, "readout:text_table": 2, "readout:multi_image_needle": 1}'])
     log = json.loads((tmp_path / "o" / "training_log.json").read_text())
-    assert log["stage2"]["steps_done"] == 2
+    assert log["stage2"]["steps_done"] == 3
     assert {"readout:text_table", "readout:multi_image_needle"} <= set(log["stage2"]["val"][-1])
 
 
@@ -112,3 +113,21 @@ def test_multi_image_variants_draw_from_the_configured_ranges():
     seen = {(k["n_images"], k["objects_per_image"])
             for k in (knob_variant("multi_image_needle", rng, ranges) for _ in range(400))}
     assert seen == {(n, o) for n in (2, 3, 4) for o in (1, 2, 3, 4)}
+
+
+def test_phases_change_the_mixture_in_turn():
+    from core_eval.organism.train import DEFAULTS, check_config, phase_mixtures
+
+    a, b = {"text_table": 4, "readout:text_table": 4}, {"grid_needle": 6}
+    c = {**DEFAULTS, "pool": {"grid_needle": 8, "text_table": 8, "readout:text_table": 8},
+         "phases": [{"steps": 2, "batch": a}, {"steps": 3, "batch": b}]}
+    check_config(c)
+    at = phase_mixtures(c)
+    assert [at(s) for s in range(7)] == [a, a, b, b, b, b, b]  # the last phase lasts to the end
+    assert phase_mixtures({**c, "phases": []})(0) == c["batch"]
+    with pytest.raises(ValueError, match=r"phases\[1\] families \['count_control'\] have no pool entry"):
+        check_config({**c, "phases": [{"steps": 2, "batch": a}, {"steps": 1, "batch": {"count_control": 2}}]})
+    with pytest.raises(ValueError, match=r"phases\[0\] must be"):
+        check_config({**c, "phases": [{"steps": 0, "batch": a}]})
+    with pytest.raises(ValueError, match=r"phases\[0\] must be"):
+        check_config({**c, "phases": [{"step": 2, "batch": a}]})

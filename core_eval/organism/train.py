@@ -108,6 +108,8 @@ DEFAULTS = dict(
     turns={},
     # pairs per "readout:<family>" item of pool / batch (core_eval/organism/readout.py)
     readout_asks=8,
+    # stage-2 mixtures in turn, [{"steps": n, "batch": {...}}, ...] (default: "batch" throughout)
+    phases=[],
     val_n=200, val_every=500,
     final_n=100,
     # stage 0 (text-only recall before the visual stages; off unless s0_steps > 0): stage0.py
@@ -134,7 +136,7 @@ def _corpus(c: dict) -> list[str]:
     if c["image_labels"]:
         texts += [f"Image {k}: <image>" for k in range(1, 9)] * 20
     fams = ["grid_needle", "count_control", "multi_image_needle", "text_needle"]
-    if "text_table" in c["batch"]:
+    if any(f.endswith("text_table") for f in c["pool"]):  # text_table or readout:text_table
         fams.append("text_table")
     n = 300
     for i, fam in enumerate(fams):
@@ -572,7 +574,7 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
         from core_eval.organism.stage0 import Stage0Data
 
         recall = Stage0Data(processor, {**c, "s0_batch": c["s2_recall"], "seed": c["seed"] + 6})
-    orders = {f: [] for f in c["batch"]}
+    orders = {f: [] for f in c["pool"]}
 
     def draw(fam, k):
         out = []
@@ -588,6 +590,7 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
     model.train()
     t_train = time.time()
     steps = c["steps"]
+    mixture = phase_mixtures(c)
     done = 0
     for step in range(steps):
         if time.time() > deadline:
@@ -599,7 +602,10 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
         for g in opt.param_groups:
             g["lr"] = lr
         # one sub-batch per family (little padding), one optimizer step on the summed loss
-        groups = [draw(fam, k) for fam, k in c["batch"].items()]
+        batch = mixture(step)
+        if step == 0 or batch is not mixture(step - 1):
+            log(f"  step {step}: mixture {batch}")
+        groups = [draw(fam, k) for fam, k in batch.items()]
         if recall is not None:  # a share of stage-0 text recall at its last level
             groups += list(recall.batch(c["s0_levels"][-1]).values())
         n_tok = sum(e - s for g in groups for it in g for s, e in it.spans)  # answer tokens
@@ -655,8 +661,22 @@ def _forward_check(model, processor, samples) -> float:
 
 # ----------------------------------------------------------------------------- main
 
+def phase_mixtures(c: dict):
+    """``step -> {family: items}``: ``c["batch"]`` for every step, or with ``c["phases"]`` (a list of
+    ``{"steps": n, "batch": {...}}``, run in order; the last one lasts to the end) each phase's own
+    mixture: a family can dominate until it has left chance, then make room for the next."""
+    if not c["phases"]:
+        return lambda step: c["batch"]
+    ends = [sum(p["steps"] for p in c["phases"][:i + 1]) for i in range(len(c["phases"]))]
+
+    def at(step: int) -> dict:
+        i = next((i for i, e in enumerate(ends) if step < e), len(ends) - 1)
+        return c["phases"][i]["batch"]
+    return at
+
+
 def check_config(c: dict) -> None:
-    """Refuse a mixture that cannot run, before any work: every ``batch`` family needs a ``pool``,
+    """Refuse a mixture that cannot run, before any work: every ``batch`` (or ``phases``) family needs a ``pool``,
     every pool family must be one the organism knows (read-outs: of a family that has them)."""
     from core_eval.organism.data import FAMILIES
     from core_eval.organism.readout import READOUT_FAMILIES, base_family
@@ -666,9 +686,15 @@ def check_config(c: dict) -> None:
         if base not in FAMILIES or (base != f and base not in READOUT_FAMILIES):
             raise ValueError(f"pool family {f!r} is unknown; known: {list(FAMILIES)} and "
                              f"{['readout:' + r for r in READOUT_FAMILIES]}")
-    missing = [f for f in c["batch"] if f not in c["pool"]]
-    if missing:
-        raise ValueError(f"batch families {missing} have no pool entry; add them to --set pool=...")
+    mixtures = ([(f"phases[{i}]", p.get("batch", {})) for i, p in enumerate(c["phases"])] if c["phases"]
+                else [("batch", c["batch"])])  # phases replace batch
+    for where, batch in mixtures:
+        missing = [f for f in batch if f not in c["pool"]]
+        if missing:
+            raise ValueError(f"{where} families {missing} have no pool entry; add them to --set pool=...")
+    for i, p in enumerate(c["phases"]):
+        if set(p) != {"steps", "batch"} or not isinstance(p["steps"], int) or p["steps"] < 1:
+            raise ValueError(f"phases[{i}] must be {{\"steps\": n >= 1, \"batch\": {{family: items}}}}, got {p}")
 
 
 def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cpu") -> dict:
