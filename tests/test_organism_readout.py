@@ -97,6 +97,8 @@ def test_training_with_readout_items(tmp_path):
     log = json.loads((tmp_path / "o" / "training_log.json").read_text())
     assert log["stage2"]["steps_done"] == 3
     assert {"readout:text_table", "readout:multi_image_needle"} <= set(log["stage2"]["val"][-1])
+    fresh = log["stage1"]["fresh_patch_acc_by_family"]["text_table"]  # glyph targets on fresh tables
+    assert set(fresh) == {"key", "value"} and all(0 <= v <= 1 for v in fresh.values())
 
 
 def test_multi_image_variants_draw_from_the_configured_ranges():

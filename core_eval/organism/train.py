@@ -483,10 +483,24 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
             present = y != n - 1   # patches that hold something of this kind
             pred = heads[t](h).argmax(-1).cpu()
             acc[t] = round((pred[present] == y[present]).float().mean().item(), 4) if present.any() else None
-    log(f"  stage 1 done in {time.time() - t0:.1f}s: held-out accuracy on occupied patches {acc}")
+        # per family, on fresh images (seeds training never drew): the split above holds the first family only
+        by_family = {}
+        for f_i, fam in enumerate(c["s1_pool"]):
+            ss = make_samples(fam, 16, VAL_SEED + 500_000 + 1000 * f_i, style="plain", knobs=c["knobs"].get(fam))
+            h = vision_features(model, _pixels(processor, [im for s in ss for im in s.images]).to(dev))
+            labs = [lab for s in ss for lab in patch_labels(s)]
+            by_family[fam] = {}
+            for t, n in targets.items():
+                y = torch.tensor([lab[t] for lab in labs])
+                present = y != n - 1
+                if present.any():
+                    pred = heads[t](h).argmax(-1).cpu()
+                    by_family[fam][t] = round((pred[present] == y[present]).float().mean().item(), 4)
+    log(f"  stage 1 done in {time.time() - t0:.1f}s: held-out accuracy on occupied patches {acc}, "
+        f"per family on fresh images {by_family}")
     rec["stage1"] = {"seconds": round(time.time() - t0, 1), "images": len(pix_t),
                      "steps": c["s1_steps"], "loss_every_10": losses[::10],
-                     "val_patch_acc_occupied": acc}
+                     "val_patch_acc_occupied": acc, "fresh_patch_acc_by_family": by_family}
 
 
 # ----------------------------------------------------------------------------- stage 2
