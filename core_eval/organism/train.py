@@ -43,7 +43,9 @@ letter and value digit), ``knobs`` (per-family knob overrides of the training pr
 ``turns`` (further questions about the same images per training item, multi-turn, so every
 image supervises several answers) and ``"readout:<family>"`` entries of ``pool`` / ``batch``
 (:mod:`core_eval.organism.readout`: the images, then ``readout_asks`` query/answer pairs back to
-back, associative recall over the visual tokens). What they did is in the README's organism section.
+back, associative recall over the visual tokens), ``mi_variant`` (the scene sizes of the multi-image
+pool variants) and ``phases`` (stage-2 mixtures in turn). What they did is in the README's organism
+section and ``docs/organism_sweep.md``.
 
 Output: ``save_pretrained`` model (float32 safetensors) + processor + generation config, and
 ``training_log.json`` (config, seeds, timings, losses, validation accuracy, final greedy exact
