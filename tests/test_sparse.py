@@ -177,11 +177,15 @@ def test_chunked_prefill_equals_one_shot(models, family, sparse):
 @pytest.mark.parametrize("family", ["llava", "gemma3"])
 def test_flex_decode_path_equals_sdpa(models, family):
     """decode_path="flex" (FlexAttention on the whole store, eager here) gives the SDPA path's logits
-    at every one of 12 greedy steps, over a store that compacts (window 8)."""
+    at every one of 12 greedy steps, over a store that compacts (window 8). Run with deterministic
+    algorithms, under which torch fills uninitialised memory with NaN: the store's free slots must not
+    reach the output (they did, through flex's 0 x NaN, when the store was torch.empty)."""
     from core_eval.sparse.attention import DECODE_PATHS
 
     model, proc, inputs = models(family)
     iv = apply_intervention(model, FULL, "streaming", sink=SINK, window=WINDOW, flex_compile=False)
+    was = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
     try:
         layers = [adapter_for(model).attention(l)._core_eval_compute for l in iv.variant.hybrid_layers]
         steps = {}
@@ -193,7 +197,9 @@ def test_flex_decode_path_equals_sdpa(models, family):
                                      output_logits=True, return_dict_in_generate=True)
             steps[path] = torch.stack(out.logits[1:])  # the decode steps (the first comes from the prefill)
     finally:
+        torch.use_deterministic_algorithms(was)
         iv.remove()
+    assert steps["sdpa"].isfinite().all()
     torch.testing.assert_close(steps["flex"], steps["sdpa"], atol=1e-5, rtol=0)
 
 

@@ -82,8 +82,11 @@ class HybridLayer(DynamicLayer):
         order = torch.sort((~keep).to(torch.int8), dim=1, stable=True).indices[:, :n]
         B, Hs, _, D = self.sp_k.shape
         gi = order[:, None, :, None].expand(B, Hs, n, D)
-        k_new = self.sp_k.new_empty(B, Hs, n + extra, D)
-        v_new = self.sp_v.new_empty(B, Hs, n + extra, D)
+        # free slots are zeros, not uninitialised memory: decode_path="flex" reads the whole store, and a
+        # masked slot holding NaN (torch.empty's memory; always NaN under deterministic algorithms) poisons
+        # the output (probability 0 x NaN)
+        k_new = self.sp_k.new_zeros(B, Hs, n + extra, D)
+        v_new = self.sp_v.new_zeros(B, Hs, n + extra, D)
         k_new[:, :, :n] = self.sp_k[:, :, : self.n].gather(2, gi)
         v_new[:, :, :n] = self.sp_v[:, :, : self.n].gather(2, gi)
         kept = keep.gather(1, order)
