@@ -133,3 +133,19 @@ def test_phases_change_the_mixture_in_turn():
         check_config({**c, "phases": [{"steps": 0, "batch": a}]})
     with pytest.raises(ValueError, match=r"phases\[0\] must be"):
         check_config({**c, "phases": [{"step": 2, "batch": a}]})
+
+
+def test_training_restores_the_callers_torch_state(tmp_path):
+    """train() sets deterministic algorithms and its thread count; a caller (a test process, a
+    notebook) gets its own back, so later work does not run under them."""
+    import torch
+
+    from core_eval.organism.train import main
+
+    threads = torch.get_num_threads()
+    torch.use_deterministic_algorithms(False)  # whatever an earlier test left
+    main(["--out", str(tmp_path / "o"), "--steps", "1", "--threads", str(threads + 1), "--set", "s1_steps=1",
+          "--set", "val_n=2", "--set", "final_n=1", "--set", 's1_pool={"grid_needle": 4}',
+          "--set", 'pool={"grid_needle": 4}', "--set", 'batch={"grid_needle": 2}'])
+    assert not torch.are_deterministic_algorithms_enabled()
+    assert torch.get_num_threads() == threads

@@ -714,6 +714,18 @@ def check_config(c: dict) -> None:
 
 
 def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cpu") -> dict:
+    """Train and save the organism (see the module docstring); returns the training log. The caller's
+    torch thread count and deterministic-algorithms mode are restored afterwards."""
+    state = (torch.get_num_threads(), torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled())
+    try:
+        return _train(out, c, threads=threads, minutes=minutes, device=device)
+    finally:
+        torch.set_num_threads(state[0])
+        torch.use_deterministic_algorithms(state[1], warn_only=state[2])
+
+
+def _train(out: Path, c: dict, *, threads: int, minutes: float, device: str) -> dict:
     from core_eval.organism.evaluate import evaluate, load
 
     check_config(c)
