@@ -477,27 +477,25 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
         if step % 50 == 0 or step == c["s1_steps"] - 1:
             log(f"  s1 step {step} loss {loss.item():.4f}")
     tower.eval()
-    acc = {}
-    with torch.no_grad():
-        h = vision_features(model, pix_t[val_idx])
+    def occupied_acc(h, y: dict) -> dict:
+        """Per target: accuracy on the patches that hold something of its kind (``None``: no such patch)."""
+        out = {}
         for t, n in targets.items():
-            y = lab_t[t][val_idx]
-            present = y != n - 1   # patches that hold something of this kind
+            present = y[t] != n - 1
             pred = heads[t](h).argmax(-1).cpu()
-            acc[t] = round((pred[present] == y[present]).float().mean().item(), 4) if present.any() else None
+            out[t] = round((pred[present] == y[t][present]).float().mean().item(), 4) if present.any() else None
+        return out
+
+    with torch.no_grad():
+        acc = occupied_acc(vision_features(model, pix_t[val_idx]), {t: lab_t[t][val_idx] for t in targets})
         # per family, on fresh images (seeds training never drew): the split above holds the first family only
         by_family = {}
         for f_i, fam in enumerate(c["s1_pool"]):
             ss = make_samples(fam, 16, VAL_SEED + 500_000 + 1000 * f_i, style="plain", knobs=c["knobs"].get(fam))
             h = vision_features(model, _pixels(processor, [im for s in ss for im in s.images]).to(dev))
             labs = [lab for s in ss for lab in patch_labels(s)]
-            by_family[fam] = {}
-            for t, n in targets.items():
-                y = torch.tensor([lab[t] for lab in labs])
-                present = y != n - 1
-                if present.any():
-                    pred = heads[t](h).argmax(-1).cpu()
-                    by_family[fam][t] = round((pred[present] == y[present]).float().mean().item(), 4)
+            fam_acc = occupied_acc(h, {t: torch.tensor([lab[t] for lab in labs]) for t in targets})
+            by_family[fam] = {t: a for t, a in fam_acc.items() if a is not None}
     log(f"  stage 1 done in {time.time() - t0:.1f}s: held-out accuracy on occupied patches {acc}, "
         f"per family on fresh images {by_family}")
     rec["stage1"] = {"seconds": round(time.time() - t0, 1), "images": len(pix_t),

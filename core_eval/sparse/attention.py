@@ -99,10 +99,8 @@ class HybridAttention:
         far = p.far(real, vis, sink)
         plan = self.plans.get(attention_mask, self.tracker.flags, T, lambda: FlexPlan(
             None if attention_mask is None else allowed_keys(attention_mask, T, T, dev), far, p, T))
-        if cache_layer is not None:  # prefill into an empty hybrid cache: update() kept the sparse keys apart
-            k_new, v_new, start = cache_layer.prefill_chunk
-            if start != 0:
-                raise NotImplementedError("hybrid sparse attention: chunked prefill into a filled cache")
+        if cache_layer is not None:  # q == kv: a prefill into an empty hybrid cache (later chunks take _sparse)
+            k_new, v_new, _ = cache_layer.prefill_chunk
             key, value = torch.cat([key, k_new], 1), torch.cat([value, v_new], 1)
             cache_layer.commit_chunk(real, far)
         full_heads = torch.arange(H, device=dev) < self.n_full_kv * self.groups
@@ -169,5 +167,4 @@ def _last_real(attention_mask, batch, device) -> torch.Tensor:
     """``(B,)``: is the newest token a real (non-padding) one."""
     if attention_mask is None:
         return torch.ones(batch, dtype=torch.bool, device=device)
-    m = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
-    return m[:, 0, -1, -1].expand(batch)
+    return allowed_keys(attention_mask, 1, attention_mask.shape[-1], device)[:, 0, -1, -1].expand(batch)

@@ -184,11 +184,15 @@ class FlexPlan:
                                         seq_lengths=(self.Tp, self.Tp), compute_q_blocks=False)
 
 
+def _block_bounds(nb: int, dev):
+    """First / last query of each query block ``(nb, 1)`` and first / last key of each key block ``(1, nb)``."""
+    blk = torch.arange(nb, device=dev)
+    return blk[:, None] * BLOCK, blk[:, None] * BLOCK + BLOCK - 1, blk[None] * BLOCK, blk[None] * BLOCK + BLOCK - 1
+
+
 def _causal_blocks(T: int, B: int, Bp: int, nb: int, dev):
     """``(Bp, nb, nb)`` "some pair allowed" / "every pair allowed" of the causal mask over ``T`` real keys."""
-    blk = torch.arange(nb, device=dev)
-    qs, qe = blk[:, None] * BLOCK, blk[:, None] * BLOCK + BLOCK - 1  # first / last query of a block
-    ks, ke = blk[None] * BLOCK, blk[None] * BLOCK + BLOCK - 1
+    qs, qe, ks, ke = _block_bounds(nb, dev)
     row = (torch.arange(Bp, device=dev) < B)[:, None, None]
     inside = (ks < T) & (qs < T)  # blocks wholly in the padding hold no work
     return (ks <= qe) & inside & row, (ke <= qs) & (ke < T) & (qe < T) & row
@@ -213,9 +217,7 @@ def _structure(m_any, m_all, f_any, f_all, W: int):
     index 0 of dim 1 for full heads, 1 for sparse heads, from the block summary of the mask ``(Bp, nb, nb)``
     and of the far keys ``(Bp, nb)``; the pattern keeps ``(q, k)`` iff ``q - k < W`` or ``k`` is far."""
     Bp, nb = m_any.shape[0], m_any.shape[-1]
-    blk = torch.arange(nb, device=m_any.device)
-    qs, qe = blk[:, None] * BLOCK, blk[:, None] * BLOCK + BLOCK - 1
-    ks, ke = blk[None] * BLOCK, blk[None] * BLOCK + BLOCK - 1
+    qs, qe, ks, ke = _block_bounds(nb, m_any.device)
     p_any = (qs - ke < W)[None] | f_any[:, None, :]  # some pair of the block kept / every pair kept
     p_all = (qe - ks < W)[None] | f_all[:, None, :]
     sp_full = m_all & p_all

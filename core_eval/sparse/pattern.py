@@ -7,6 +7,8 @@ from typing import Callable
 
 import torch
 
+from core_eval.attention.reference import allowed_keys
+
 #: pattern name -> far-key rule ``far(real, visual, sink) -> bool`` (see :func:`register_pattern`)
 PATTERNS: dict[str, Callable] = {}
 
@@ -76,8 +78,7 @@ def row_flags(attention_mask, batch: int, kv: int, device, visual: torch.Tensor,
     if attention_mask is None:
         real = torch.ones(batch, kv, dtype=torch.bool, device=device)
     else:
-        m = attention_mask if attention_mask.dtype == torch.bool else attention_mask > torch.finfo(attention_mask.dtype).min / 2
-        real = m[:, 0, -1, :kv].expand(batch, kv)
+        real = allowed_keys(attention_mask, kv, kv, device)[:, 0, -1].expand(batch, kv)
     rank = real.long().cumsum(1) - 1
     sink = real & (rank < n_sink)
     return real, visual.to(device)[:, :kv] & real, sink
