@@ -118,21 +118,49 @@ def test_multi_image_variants_draw_from_the_configured_ranges():
 
 
 def test_phases_change_the_mixture_in_turn():
-    from core_eval.organism.train import DEFAULTS, check_config, phase_mixtures
+    from core_eval.organism.train import DEFAULTS, Mixture, check_config
 
     a, b = {"text_table": 4, "readout:text_table": 4}, {"grid_needle": 6}
     c = {**DEFAULTS, "pool": {"grid_needle": 8, "text_table": 8, "readout:text_table": 8},
          "phases": [{"steps": 2, "batch": a}, {"steps": 3, "batch": b}]}
     check_config(c)
-    at = phase_mixtures(c)
+    at = Mixture(c)
     assert [at(s) for s in range(7)] == [a, a, b, b, b, b, b]  # the last phase lasts to the end
-    assert phase_mixtures({**c, "phases": []})(0) == c["batch"]
+    assert at.ends == [{"phase": 0, "ended_at_step": 2, "why": "steps"}]
+    assert Mixture({**c, "phases": []})(0) == c["batch"]
     with pytest.raises(ValueError, match=r"phases\[1\] families \['count_control'\] have no pool entry"):
         check_config({**c, "phases": [{"steps": 2, "batch": a}, {"steps": 1, "batch": {"count_control": 2}}]})
     with pytest.raises(ValueError, match=r"phases\[0\] must be"):
         check_config({**c, "phases": [{"steps": 0, "batch": a}]})
     with pytest.raises(ValueError, match=r"phases\[0\] must be"):
         check_config({**c, "phases": [{"step": 2, "batch": a}]})
+    with pytest.raises(ValueError, match=r"phases\[0\] must be"):
+        check_config({**c, "phases": [{"steps": 2, "batch": a, "untill": {"text_table": 0.9}}]})
+    with pytest.raises(ValueError, match=r"phases\[0\] until families \['count_control'\] have no pool"):
+        check_config({**c, "phases": [{"steps": 2, "batch": a, "until": {"count_control": 0.9}}]})
+
+
+def test_a_phase_ends_when_its_held_out_accuracy_is_reached():
+    """``until``: the phase ends at the first validation where every named family has reached its
+    accuracy (here after step 3 of a phase allowed 100), not at a fixed step; the steps cap still holds."""
+    from core_eval.organism.train import DEFAULTS, Mixture
+
+    a, b, d = {"text_table": 4}, {"grid_needle": 6}, {"grid_needle": 2, "text_table": 2}
+    c = {**DEFAULTS, "phases": [{"steps": 100, "batch": a, "until": {"text_table": 0.9, "grid_needle": 0.2}},
+                                {"steps": 2, "batch": b, "until": {"grid_needle": 0.9}}, {"steps": 1, "batch": d}]}
+    at = Mixture(c)
+    got = [at(0), at(1)]
+    at.observe(2, {"text_table": 0.95, "grid_needle": 0.1})   # grid below its bar: the phase goes on
+    got += [at(2)]
+    at.observe(3, {"text_table": 0.9, "grid_needle": 0.2})
+    got += [at(3), at(4)]
+    at.observe(5, {"text_table": 0.9, "grid_needle": 0.5})   # below: phase 1 then ends on its steps cap
+    got += [at(s) for s in range(5, 8)]
+    assert got == [a, a, a, b, b, d, d, d]
+    assert [(e["phase"], e["ended_at_step"]) for e in at.ends] == [(0, 3), (1, 5)]
+    assert "until" in at.ends[0]["why"] and at.ends[1]["why"] == "steps"
+    at.observe(8, {"text_table": 1.0, "grid_needle": 1.0})   # the last phase never ends
+    assert at(9) == d and len(at.ends) == 2
 
 
 def test_training_restores_the_callers_torch_state(tmp_path):

@@ -88,6 +88,8 @@ DEFAULTS = dict(
     # stage 1
     s1_steps=300, s1_batch=64, s1_lr=2e-3, s1_position=True,
     s1_pool={"grid_needle": 1500, "count_control": 800, "multi_image_needle": 300},
+    # per family: label every patch an object covers >= this fraction of (default: the centre's)
+    s1_cover={},
     # stage 2
     steps=3200, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
     batch={"grid_needle": 54, "count_control": 8, "multi_image_needle": 2},
@@ -110,7 +112,8 @@ DEFAULTS = dict(
     turns={},
     # pairs per "readout:<family>" item of pool / batch (core_eval/organism/readout.py)
     readout_asks=8,
-    # stage-2 mixtures in turn, [{"steps": n, "batch": {...}}, ...] (default: "batch" throughout)
+    # stage-2 mixtures in turn, [{"steps": n, "batch": {...}[, "until": {family: acc}]}, ...]
+    # (default: "batch" throughout); a phase ends after n steps or when its "until" is met
     phases=[],
     val_n=200, val_every=500,
     final_n=100,
@@ -212,10 +215,12 @@ PATCH_TARGETS = {"colour": len(_COLOURS) + 1, "shape": len(_SHAPES) + 1,
                  "key": len(KEY_LETTERS) + 1, "value": len(_DIGITS) + 1}
 
 
-def patch_labels(sample) -> list[dict[str, list[int]]]:
+def patch_labels(sample, cover: float | None = None) -> list[dict[str, list[int]]]:
     """Per image, per target of :data:`PATCH_TARGETS`: the class of each visual token
     (row-major 4x4 patches): colour and shape of the object centred in that patch, key letter
-    and value digit of the text-table cell in it; the last class = none."""
+    and value digit of the text-table cell in it; the last class = none. ``cover``: instead of
+    the centre's patch, every patch the object covers at least this fraction of (objects that
+    straddle patches, as the multi-image scenes' do, are then read wherever they are seen)."""
     g = IMAGE // PATCH
     fam, meta = sample.family, sample.meta
     none = {t: [n - 1] * (g * g) for t, n in PATCH_TARGETS.items()}
@@ -246,11 +251,17 @@ def patch_labels(sample) -> list[dict[str, list[int]]]:
         for j, (t, box) in enumerate(objs):
             c, s = t.split(" ")
             if box is None:
-                p = j
-            else:
+                ps = [j]
+            elif cover is None:
                 cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
-                p = int(cy * g // W) * g + int(cx * g // W)
-            lab["colour"][p], lab["shape"][p] = _COLOURS.index(c), _SHAPES.index(s)
+                ps = [int(cy * g // W) * g + int(cx * g // W)]
+            else:  # box overlap with each patch, as a fraction of the patch
+                w = W / g
+                ps = [r * g + q for r in range(g) for q in range(g)
+                      if max(0.0, min(box[2], (q + 1) * w) - max(box[0], q * w))
+                      * max(0.0, min(box[3], (r + 1) * w) - max(box[1], r * w)) >= cover * w * w]
+            for p in ps:
+                lab["colour"][p], lab["shape"][p] = _COLOURS.index(c), _SHAPES.index(s)
         out.append(lab)
     return out
 
@@ -445,7 +456,7 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
                               style="plain", knobs=c["knobs"].get(fam))
             pix.append(_pixels(processor, [im for s in ss for im in s.images]))
             for s in ss:
-                for lab in patch_labels(s):
+                for lab in patch_labels(s, c["s1_cover"].get(fam)):
                     for t in targets:
                         labels[t].append(lab[t])
     pix_t = torch.cat(pix)
@@ -493,7 +504,7 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
         for f_i, fam in enumerate(c["s1_pool"]):
             ss = make_samples(fam, 16, VAL_SEED + 500_000 + 1000 * f_i, style="plain", knobs=c["knobs"].get(fam))
             h = vision_features(model, _pixels(processor, [im for s in ss for im in s.images]).to(dev))
-            labs = [lab for s in ss for lab in patch_labels(s)]
+            labs = [lab for s in ss for lab in patch_labels(s, c["s1_cover"].get(fam))]
             fam_acc = occupied_acc(h, {t: torch.tensor([lab[t] for lab in labs]) for t in targets})
             by_family[fam] = {t: a for t, a in fam_acc.items() if a is not None}
     log(f"  stage 1 done in {time.time() - t0:.1f}s: held-out accuracy on occupied patches {acc}, "
@@ -604,8 +615,8 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
     model.train()
     t_train = time.time()
     steps = c["steps"]
-    mixture = phase_mixtures(c)
-    done = 0
+    mixture = Mixture(c)
+    done, shown = 0, -1
     for step in range(steps):
         if time.time() > deadline:
             log(f"  time budget reached at step {step}: stopping stage 2 early")
@@ -617,8 +628,9 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
             g["lr"] = lr
         # one sub-batch per family (little padding), one optimizer step on the summed loss
         batch = mixture(step)
-        if step == 0 or batch is not mixture(step - 1):
+        if mixture.i != shown:
             log(f"  step {step}: mixture {batch}")
+            shown = mixture.i
         groups = [draw(fam, k) for fam, k in batch.items()]
         if recall is not None:  # a share of stage-0 text recall at its last level
             groups += list(recall.batch(c["s0_levels"][-1]).values())
@@ -643,12 +655,14 @@ def stage2(model, processor, c: dict, rec: dict, deadline: float) -> None:
             v = validate(model, val, pad_id)
             vals.append({"step": step + 1, "seconds": round(time.time() - t_train, 1), **v})
             log(f"  val (teacher-forced exact) @ {step + 1}: {v}")
+            mixture.observe(step + 1, v)
     rec["stage2"] = {
         "seconds": round(time.time() - t_train, 1), "steps_done": done,
         "s_per_step": round((time.time() - t_train) / max(1, done), 4),
         "loss_mean_per_100": [round(sum(hist[i:i + 100]) / len(hist[i:i + 100]), 4)
                               for i in range(0, len(hist), 100)],
         "val": vals, "recall_batches": recall.calls if recall is not None else 0,
+        "phase_ends": mixture.ends,
     }
     if done and (not vals or vals[-1]["step"] != done):
         v = validate(model, val, pad_id)
@@ -675,18 +689,33 @@ def _forward_check(model, processor, samples) -> float:
 
 # ----------------------------------------------------------------------------- main
 
-def phase_mixtures(c: dict):
-    """``step -> {family: items}``: ``c["batch"]`` for every step, or with ``c["phases"]`` (a list of
-    ``{"steps": n, "batch": {...}}``, run in order; the last one lasts to the end) each phase's own
-    mixture: a family can dominate until it has left chance, then make room for the next."""
-    if not c["phases"]:
-        return lambda step: c["batch"]
-    ends = [sum(p["steps"] for p in c["phases"][:i + 1]) for i in range(len(c["phases"]))]
+class Mixture:
+    """The stage-2 mixture of each step: ``c["batch"]`` throughout, or the phases of ``c["phases"]`` in turn
+    (``{"steps": n, "batch": {...}, "until": {family: accuracy}}``; the last one lasts to the end). A phase
+    ends after ``steps`` steps, or earlier at the first validation where every family of its ``until`` has
+    reached its held-out accuracy: a family can dominate the batch until it has left chance (when that
+    happens varies by hundreds of steps with the samples drawn), then make room for the next."""
 
-    def at(step: int) -> dict:
-        i = next((i for i, e in enumerate(ends) if step < e), len(ends) - 1)
-        return c["phases"][i]["batch"]
-    return at
+    def __init__(self, c: dict):
+        self.phases = c["phases"] or [{"steps": c["steps"], "batch": c["batch"]}]
+        self.i, self.start = 0, 0
+        self.ends: list[dict] = []   # where each finished phase ended, and why
+
+    def _next(self, step: int, why: str) -> None:
+        self.ends.append({"phase": self.i, "ended_at_step": step, "why": why})
+        log(f"  phase {self.i} ends at step {step} ({why})")
+        self.i, self.start = self.i + 1, step
+
+    def __call__(self, step: int) -> dict:
+        if self.i < len(self.phases) - 1 and step - self.start >= self.phases[self.i]["steps"]:
+            self._next(step, "steps")
+        return self.phases[self.i]["batch"]
+
+    def observe(self, step: int, val: dict) -> None:
+        """Validation accuracy after ``step`` steps: ends the phase when its ``until`` is met."""
+        until = self.phases[self.i].get("until")
+        if self.i < len(self.phases) - 1 and until and all(val[f] >= a for f, a in until.items()):
+            self._next(step, f"until {until} met: {({f: val[f] for f in until})}")
 
 
 def check_config(c: dict) -> None:
@@ -707,8 +736,13 @@ def check_config(c: dict) -> None:
         if missing:
             raise ValueError(f"{where} families {missing} have no pool entry; add them to --set pool=...")
     for i, p in enumerate(c["phases"]):
-        if set(p) != {"steps", "batch"} or not isinstance(p["steps"], int) or p["steps"] < 1:
-            raise ValueError(f"phases[{i}] must be {{\"steps\": n >= 1, \"batch\": {{family: items}}}}, got {p}")
+        if (not {"steps", "batch"} <= set(p) <= {"steps", "batch", "until"} or not isinstance(p["steps"], int)
+                or p["steps"] < 1):
+            raise ValueError(f"phases[{i}] must be {{\"steps\": n >= 1, \"batch\": {{family: items}}"
+                             f"[, \"until\": {{family: accuracy}}]}}, got {p}")
+        unknown = [f for f in p.get("until", {}) if f not in c["pool"]]
+        if unknown:  # validation reports the pool's families only
+            raise ValueError(f"phases[{i}] until families {unknown} have no pool entry (nothing validates them)")
 
 
 def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cpu") -> dict:
