@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import numbers
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from core_eval.report.baselines import assign_baselines
 from core_eval.report.comparison import COMPARISON_COLUMNS, Note, compare, notes_frame
 from core_eval.report.errors import ReportError
 from core_eval.report.readers import load_runs, uniquify_names
+from core_eval.report.retention import RETENTION_COLUMNS, retention_table, sparse_rows
 from core_eval.report.run import Run
 from core_eval.report.speed import read_speed
 from core_eval.report.tables import (
@@ -61,6 +63,9 @@ class Report:
     about: dict[str, str] = field(default_factory=dict)
     #: the paired samples behind each comparison row, ``{(run, task, metric, filter): Pairing}``
     pairs: dict = field(default_factory=dict)
+    #: the sparse retention verdict (:mod:`~core_eval.report.retention`): does hybrid sparse attention keep
+    #: >= ``params["keep"]`` of the baseline, and CoRe vs random full heads at each size
+    retention: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=RETENTION_COLUMNS))
 
     def add_section(self, name: str, table: pd.DataFrame, about: str = "", figure: bytes | None = None) -> None:
         """Add a table (and optionally a PNG figure) of your own, e.g. head scores from a spec."""
@@ -71,7 +76,7 @@ class Report:
 
     def tables(self) -> dict[str, pd.DataFrame]:
         """Name -> table, in report order (each is one CSV)."""
-        out = {"verdict": self.verdict, "leaderboard": self.leaderboard, "comparison": self.comparison,
+        out = {"verdict": self.verdict, "retention": self.retention, "leaderboard": self.leaderboard, "comparison": self.comparison,
                "causal": self.causal, "curves": self.curves, **self.sections}
         if self.speed is not None:
             out["speed"] = self.speed
@@ -147,6 +152,7 @@ def build_report(
     source: str = "auto",
     all_results: bool = True,
     specs: Iterable[str | os.PathLike] | None = None,
+    keep: float = 0.95,
 ) -> Report:
     """Read runs, compare each against its model's baseline, build tables and figures.
 
@@ -156,12 +162,15 @@ def build_report(
     (``"task=metric"`` or ``"metric"``). ``n_boot``, ``seed``, ``alpha``: paired statistics.
     ``all_results``: kept for old callers (every results file is read by default; ``False`` reads
     the newest per folder). ``specs``: head spec files to show (RAM heatmap, heads table, RAM vs
-    causal effect), see :func:`~core_eval.report.spec_sections.add_spec_sections`.
+    causal effect), see :func:`~core_eval.report.spec_sections.add_spec_sections`. ``keep``: the share
+    of the baseline a hybrid sparse attention run must keep, in (0, 1] (:mod:`~core_eval.report.retention`).
     """
     if n_boot < 1:
         raise ReportError(f"n_boot must be >= 1, got {n_boot}")
     if not 0 < alpha < 1:
         raise ReportError(f"alpha must be in (0, 1), got {alpha}")
+    if not isinstance(keep, numbers.Real) or isinstance(keep, bool) or not 0 < keep <= 1:
+        raise ReportError(f"keep (--keep) must be in (0, 1], got {keep!r}")
     kw = {"source": source, "all_results": all_results}
     base_runs = load_runs(list(baselines or []), **kw)
     base_paths = {Path(b.path).resolve() for b in base_runs}
@@ -196,6 +205,7 @@ def build_report(
     stat_kw = {"n_boot": n_boot, "seed": seed, "alpha": alpha}
     causal, n1 = causal_table(comparison, primary, pairs, **stat_kw)
     verdict = verdict_table(causal_rows(comparison, primary), all_runs, **stat_kw)
+    retention = retention_table(sparse_rows(comparison, primary), all_runs, keep=keep, **stat_kw)
     by_model = {b.model: b for b in plan.baselines}
     curves = curves_table(comparison, all_runs, by_model, primary, pairs, **stat_kw)
     board, n2 = leaderboard(all_runs, labels, comparison, primary, baseline_of)
@@ -218,9 +228,9 @@ def build_report(
     report = Report(
         title=title or "core-eval report", runs=all_runs, labels=labels, baseline_of=baseline_of,
         runs_table=_runs_table(all_runs, labels, baseline_of, plan), comparison=comparison, causal=causal,
-        curves=curves, verdict=verdict, pairs=pairs,
+        curves=curves, verdict=verdict, retention=retention, pairs=pairs,
         leaderboard=board, notes=nf, speed=speed_df, primary=primary, figures=figures,
-        params={"n_boot": n_boot, "seed": seed, "alpha": alpha, "pairing": "task, filter, doc_id, prompt_hash",
+        params={"n_boot": n_boot, "seed": seed, "alpha": alpha, "keep": keep, "pairing": "task, filter, doc_id, prompt_hash",
                 "primary_metrics": {t: f"{m} ({f})" for t, (m, f) in primary.items()}},
     )
     if specs:
