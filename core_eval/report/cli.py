@@ -11,7 +11,9 @@ HELP = "compare runs against unmodified baselines: tables, plots, Markdown / CSV
 DESCRIPTION = """\
 Compare lm-eval (or VLMEvalKit) runs of intervened models against the unmodified baseline of the
 same model, harness and task. First the verdict (per task: does ablating the top heads hurt more
-than each control of the same size, with a paired CI and p-value), then per-task deltas (Newcombe
+than each control of the same size, with a paired CI and p-value) and, for hybrid sparse attention
+runs, the sparse retention verdict (per task: does the run keep >= --keep of the baseline's score,
+and CoRe vs random full heads at each size), then per-task deltas (Newcombe
 paired CIs for 0/1 metrics, paired bootstrap otherwise, McNemar's exact test), the causal-test
 table (seeds pooled), ablation curves, accuracy vs speed, a leaderboard, and with --spec the RAM
 heatmap, heads table and RAM vs causal effect of a head spec.
@@ -21,6 +23,17 @@ model folder under it, a results_<ts>.json, or FOLDER@TIMESTAMP (one file); or a
 Writes OUTDIR/report.md, report.html (self-contained, sortable tables), one CSV per table, plots/
 and report.json.
 """
+
+
+def _share(text: str) -> float:
+    """``--keep``'s value: a number in (0, 1]."""
+    try:
+        x = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
+    if not 0 < x <= 1:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (a share of the baseline, e.g. 0.95), got {text}")
+    return x
 
 
 def add_report_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,6 +52,9 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - CI level (default 0.05: 95%% CI)")
+    p.add_argument("--keep", type=_share, default=0.95, metavar="SHARE",
+                   help="sparse retention verdict: the share of the baseline's score a hybrid sparse attention run "
+                        "must keep, in (0, 1] (default 0.95)")
     p.add_argument("--all-results", action="store_true",
                    help="accepted for old scripts and ignored: every results file is read by default "
                         "(FOLDER@TIMESTAMP or the file itself reads one)")
@@ -64,7 +80,7 @@ def run_report(args) -> int:
 
     report = build_report(args.runs, args.baseline, speed=args.speed, metrics=args.metric, n_boot=args.n_boot,
                           seed=args.seed, alpha=args.alpha, title=args.title, source=args.source,
-                          specs=args.spec)
+                          specs=args.spec, keep=getattr(args, "keep", 0.95))
     if args.overlays:
         from core_eval.report_overlays import add_overlay_sections
 
@@ -73,6 +89,8 @@ def run_report(args) -> int:
     out = report.write(args.out, formats=formats)
     for line in (report.verdict.summary if len(report.verdict) else []):
         print(f"verdict: {line}")
+    for line in (report.retention.summary if len(report.retention) else []):
+        print(f"sparse: {line}")
     board = report.leaderboard
     if len(board):
         cols = ["model", "label", *[c for c in board.columns if c not in ("model", "label", "run")]]

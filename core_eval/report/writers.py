@@ -42,12 +42,20 @@ SHOWN = {
                "n", "baseline", "score", "delta", "ci_low", "ci_high", "p_value", "n_lost", "n_gained", "test"],
     "verdict": ["model", "harness", "task", "metric", "variant", "n_heads", "control", "verdict", "top_score",
                 "control_score", "diff", "ci_low", "ci_high", "p_value", "n", "n_control_runs"],
+    "retention": ["model", "harness", "task", "metric", "label", "n_heads", "frac_heads", "verdict", "baseline",
+                  "score", "retention", "retention_low", "retention_high", "n", "vs_random", "random_score", "diff",
+                  "diff_low", "diff_high", "n_random_runs", "note"],
 }
 
 ABOUT = {
     "verdict": "Does ablating the top heads hurt more than each control of the same size? diff = score(top) - "
                "score(control), paired sample by sample (control seeds pooled); CI: Newcombe's paired score "
                "interval (0/1 metrics) or the paired bootstrap; p: McNemar's exact test.",
+    "retention": "Hybrid sparse attention: does each run keep the share `keep` of its baseline? retention = "
+                 "score / baseline (baseline / score for a lower-is-better metric), CI = 1 + CI(delta) / baseline "
+                 "with the baseline treated as fixed; keeps: CI above keep, loses: CI below it. CoRe (top) rows "
+                 "also give diff = score(CoRe) - score(random full heads) of the same size, paired sample by "
+                 "sample (random seeds pooled).",
     "leaderboard": "Primary metric per task as reported by the harness, the mean over the tasks every run has, "
                    "and Δ vs each model's own baseline (paired samples).",
     "comparison": "Every run vs its baseline, per task / metric / filter, over the samples both runs share "
@@ -64,8 +72,9 @@ ABOUT = {
     "notes": "What was not compared, and why. Read these before the numbers.",
 }
 
-_INT = {"n", "n_dropped", "n_heads", "n_lost", "n_gained", "n_runs", "n_control_runs", "layer", "head", "ram_rank"}
-_SIGNED = {"delta", "ci_low", "ci_high", "diff"}
+_INT = {"n", "n_dropped", "n_heads", "n_lost", "n_gained", "n_runs", "n_control_runs", "n_random_runs", "layer", "head",
+        "ram_rank"}
+_SIGNED = {"delta", "ci_low", "ci_high", "diff", "diff_low", "diff_high"}
 
 
 def fmt(col: str, v) -> str:
@@ -119,6 +128,7 @@ def _params_lines(report) -> list[str]:
     p = report.params
     return [f"- paired bootstrap: {p['n_boot']} resamples, seed {p['seed']}, {100 * (1 - p['alpha']):g}% CI",
             f"- samples paired on: {p['pairing']}",
+            f"- sparse retention threshold (keep): {p.get('keep', 0.95):g} of the baseline",
             "- primary metrics: " + (", ".join(f"{t}: {m}" for t, m in p["primary_metrics"].items()) or "none")]
 
 
@@ -131,9 +141,17 @@ def verdict_lines(report) -> list[str]:
     return [str(x) for x in v.summary]
 
 
+def sparse_lines(report) -> list[str]:
+    """The sparse retention verdict, one sentence per (sparse run, task); none without sparse runs."""
+    r = getattr(report, "retention", None)
+    return [] if r is None or r.empty else [str(x) for x in r.summary]
+
+
 def render_markdown(report, plot_dir: str | None = "plots") -> str:
+    sparse = sparse_lines(report)
     out = [f"# {report.title}\n", "**Verdict**\n", *[f"- {line}" for line in verdict_lines(report)], "",
-           *_params_lines(report), ""]
+           *_params_lines(report), "",
+           *(["**Sparse retention**\n", *[f"- {line}" for line in sparse], ""] if sparse else [])]
     n_warn = int((report.notes.level == "warning").sum()) if len(report.notes) else 0
     out.append(f"**Notes: {len(report.notes)} ({n_warn} warnings)** — see the Notes section.\n")
     for name, df in report.tables().items():
@@ -231,6 +249,10 @@ def render_html(report) -> str:
         *[f"<li>{html.escape(line)}</li>" for line in verdict_lines(report)], "</ul><ul>",
         *[f"<li>{html.escape(line[2:])}</li>" for line in _params_lines(report)], "</ul>",
     ]
+    sparse = sparse_lines(report)
+    if sparse:
+        parts += ['<h2 id="retention-summary">Sparse retention</h2><ul class="verdict">',
+                  *[f"<li>{html.escape(line)}</li>" for line in sparse], "</ul>"]
     n_warn = int((report.notes.level == "warning").sum()) if len(report.notes) else 0
     parts.append(f'<p><strong>Notes: {len(report.notes)} ({n_warn} warnings)</strong> — '
                  f'<a href="#notes">read them</a> before the numbers. Click a column header to sort a table.</p>')
