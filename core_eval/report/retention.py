@@ -27,6 +27,7 @@ import pandas as pd
 from core_eval.report.comparison import pair_samples
 from core_eval.report.run import Run
 from core_eval.report.stats import paired_ci
+from core_eval.report.verdict import _values
 
 RETENTION_COLUMNS = ["model", "harness", "task", "metric", "variant", "rule", "n_heads", "frac_heads", "label", "run",
                      "n", "baseline", "score", "retention", "retention_low", "retention_high", "keep", "verdict",
@@ -68,11 +69,6 @@ def _retention(row, lower_better: bool, keep: float) -> dict:
     out["retention_low"], out["retention_high"] = ends
     out["verdict"] = "keeps" if ends[0] >= keep else "loses" if ends[1] < keep else "inconclusive"
     return out
-
-
-def _values(run: Run, task: str, metric: str, filt: str) -> pd.DataFrame:
-    s = run.samples
-    return s[(s.task == task) & (s.metric == metric) & (s["filter"] == filt)]
 
 
 def _vs_random(top: Run, randoms: list[Run], task: str, metric: str, filt: str, lower_better: bool,
