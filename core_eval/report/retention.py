@@ -24,10 +24,9 @@ import math
 import numpy as np
 import pandas as pd
 
-from core_eval.report.comparison import pair_samples
 from core_eval.report.run import Run
 from core_eval.report.stats import paired_ci
-from core_eval.report.verdict import _values
+from core_eval.report.verdict import pooled_pairs
 
 RETENTION_COLUMNS = ["model", "harness", "task", "metric", "variant", "rule", "n_heads", "frac_heads", "label", "run",
                      "n", "baseline", "score", "retention", "retention_low", "retention_high", "keep", "verdict",
@@ -74,14 +73,7 @@ def _retention(row, lower_better: bool, keep: float) -> dict:
 def _vs_random(top: Run, randoms: list[Run], task: str, metric: str, filt: str, lower_better: bool,
                **stat_kw) -> dict:
     """CoRe minus random, paired sample by sample, the random runs pooled."""
-    tvals, rvals = [], []
-    for r in randoms:
-        ts, rs = _values(top, task, metric, filt), _values(r, task, metric, filt)
-        if ts.empty or rs.empty:
-            continue
-        p = pair_samples(rs, ts)
-        tvals.append(p.variant)
-        rvals.append(p.baseline)
+    tvals, rvals = pooled_pairs([top], randoms, task, metric, filt)
     out = {"n_random_runs": len(randoms)}
     if not tvals or sum(len(x) for x in tvals) == 0:
         ts_, rs_ = top.score(task, metric, filt), float(np.mean([r.score(task, metric, filt) for r in randoms]))

@@ -30,6 +30,20 @@ def _values(run: Run, task: str, metric: str, filt: str) -> pd.DataFrame:
     return s[(s.task == task) & (s.metric == metric) & (s["filter"] == filt)]
 
 
+def pooled_pairs(tops: list[Run], ctrls: list[Run], task: str, metric: str, filt: str) -> tuple[list, list]:
+    """Per (top, control) run pair, the paired per-sample values: (top values, control values) lists."""
+    tvals, cvals = [], []
+    for t in tops:
+        for c in ctrls:
+            ts, cs = _values(t, task, metric, filt), _values(c, task, metric, filt)
+            if ts.empty or cs.empty:
+                continue
+            p = pair_samples(cs, ts)
+            tvals.append(p.variant)
+            cvals.append(p.baseline)
+    return tvals, cvals
+
+
 def verdict_table(causal_rows: pd.DataFrame, runs: list[Run], *, n_boot: int = 10000, seed: int = 0,
                   alpha: float = 0.05) -> pd.DataFrame:
     """``causal_rows``: per-run comparison rows of the primary metrics with a control rule (see the module doc)."""
@@ -49,15 +63,7 @@ def verdict_table(causal_rows: pd.DataFrame, runs: list[Run], *, n_boot: int = 1
             ctrls = [by_name[r] for r in g[g.rule == control].run if r in by_name]
             if not ctrls:
                 continue
-            tvals, cvals = [], []
-            for t in tops:
-                for c in ctrls:
-                    ts, cs = _values(t, task, metric, filt), _values(c, task, metric, filt)
-                    if ts.empty or cs.empty:
-                        continue
-                    p = pair_samples(cs, ts)
-                    tvals.append(p.variant)
-                    cvals.append(p.baseline)
+            tvals, cvals = pooled_pairs(tops, ctrls, task, metric, filt)
             rec = {"model": model, "harness": harness, "task": task, "metric": metric, "variant": variant,
                    "n_heads": n_heads, "control": control, "n_control_runs": len(ctrls)}
             if not tvals or sum(len(x) for x in tvals) == 0:
