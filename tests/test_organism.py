@@ -75,6 +75,17 @@ def test_grid_needle_held_out_exact_match(organism):
     assert r["exact_match"] >= 0.9, r
 
 
+def test_text_table_held_out_exact_match(organism):
+    """Content-addressed retrieval (the value of a key in a 4x4 table, core_text_lookup_table): >= 90%
+    greedy exact match on the lm-eval task's held-out samples (chance 1/9)."""
+    from core_eval.organism.evaluate import evaluate_family
+
+    model, processor = organism
+    for style in ("lm_eval", "plain"):
+        r = evaluate_family(model, processor, "text_table", n=40, seed=1000, style=style)
+        assert r["exact_match"] >= 0.9, r
+
+
 def test_count_control_above_chance(organism):
     """A whole-image family of the training mixture: clearly above chance (1/5)."""
     from core_eval.organism.evaluate import evaluate_family
@@ -153,10 +164,23 @@ def test_multi_turn_items_supervise_every_answer(organism):
 
 def test_training_log_records_the_run():
     log = training_log()
-    assert log["final_eval"]["grid_needle/lm_eval"]["exact_match"] >= 0.9
-    assert log["train_seconds"] <= 30 * 60
+    fe = {k: v["exact_match"] for k, v in log["final_eval"].items()}   # n = 300, seed 1000
+    assert fe["grid_needle/lm_eval"] >= 0.85 and fe["text_table/lm_eval"] >= 0.95
+    assert fe["count_control/lm_eval"] >= 0.5
+    assert log["final_eval"]["grid_needle/lm_eval"]["n"] >= 300
+    assert log["train_seconds"] <= 60 * 60 and log["threads"] == 1 and log["device"] == "cpu"
+    assert "stopped_early_at_step" not in log and log["stage2"]["steps_done"] == log["config"]["steps"]
     assert log["stage2"]["forward_check_max_abs_diff"] < 1e-3
     json.dumps(log)
+
+
+def test_the_default_recipe_is_the_shipped_weights_recipe():
+    """``python -m core_eval.organism.train`` without options trains what was shipped: every config
+    entry equals the training log's, in order (the order of a pool's families seeds its samples)."""
+    from core_eval.organism.train import DEFAULTS, V1_RECIPE
+
+    assert json.dumps(DEFAULTS) == json.dumps(training_log()["config"])
+    assert set(V1_RECIPE) < set(DEFAULTS)  # the first organism's settings are --set entries
 
 
 def test_shipped_head_spec_is_the_organisms_and_reproducible(organism, tmp_path):
@@ -199,7 +223,7 @@ def test_training_script_is_deterministic_and_saves_a_loadable_checkpoint(tmp_pa
 
     from core_eval.organism.train import main
 
-    args = ["--steps", "6", "--set", "s1_steps=3", "--set", "val_n=4", "--set", "val_every=6",
+    args = ["--steps", "6", "--set", "phases=[]", "--set", "s1_steps=3", "--set", "val_n=4", "--set", "val_every=6",
             "--set", "final_n=2", "--set", 's1_pool={"grid_needle": 40, "count_control": 20, "multi_image_needle": 10}',
             "--set", 'pool={"grid_needle": 40, "count_control": 20, "multi_image_needle": 10}',
             "--set", 'batch={"grid_needle": 6, "count_control": 2, "multi_image_needle": 2}']
@@ -227,7 +251,7 @@ def test_training_options_image_labels_text_table_and_turns(tmp_path):
     from core_eval.prompting import prompt_text
 
     pools = '{"grid_needle": 20, "multi_image_needle": 10, "text_table": 20}'
-    main(["--out", str(tmp_path / "o"), "--steps", "3", "--set", "s1_steps=2", "--set", "val_n=4",
+    main(["--out", str(tmp_path / "o"), "--steps", "3", "--set", "phases=[]", "--set", "s1_steps=2", "--set", "val_n=4",
           "--set", "val_every=3", "--set", "final_n=1", "--set", "image_labels=true",
           "--set", f"s1_pool={pools}", "--set", f"pool={pools}",
           "--set", 'batch={"grid_needle": 2, "multi_image_needle": 2, "text_table": 2}',

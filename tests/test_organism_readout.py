@@ -79,8 +79,8 @@ def test_check_config_refuses_before_any_work():
     with pytest.raises(ValueError, match="readout:text_needle.*unknown.*readout:text_table"):
         check_config({**DEFAULTS, "pool": {"readout:text_needle": 4}, "batch": {}})
     with pytest.raises(ValueError, match=r"\['readout:grid_needle'\] have no pool entry"):
-        check_config({**DEFAULTS, "batch": {"grid_needle": 2, "readout:grid_needle": 2}})
-    check_config({**DEFAULTS, "pool": {"grid_needle": 4, "readout:grid_needle": 4},
+        check_config({**DEFAULTS, "phases": [], "batch": {"grid_needle": 2, "readout:grid_needle": 2}})
+    check_config({**DEFAULTS, "pool": {"grid_needle": 4, "readout:grid_needle": 4}, "phases": [],
                   "batch": {"grid_needle": 2, "readout:grid_needle": 2}})
 
 
@@ -102,13 +102,13 @@ def test_training_with_readout_items(tmp_path):
 
 
 def test_multi_image_variants_draw_from_the_configured_ranges():
-    """Small scenes for the multi-image curriculum; the default (v1) ranges draw exactly what the
-    shipped recipe drew (one randint), so its random stream is unchanged."""
-    from core_eval.organism.train import knob_variant
+    """Small scenes for the multi-image curriculum; the v1 recipe's ranges draw exactly what it drew
+    (one randint), so its random stream is unchanged."""
+    from core_eval.organism.train import V1_RECIPE, knob_variant
 
     rng, ref = random.Random(5), random.Random(5)
     for _ in range(20):
-        k = knob_variant("multi_image_needle", rng)
+        k = knob_variant("multi_image_needle", rng, V1_RECIPE["mi_variant"])
         assert k["objects_per_image"] == 4 and k["n_images"] == ref.randint(2, 3)
     assert rng.random() == ref.random()
     ranges = {"n_images": [2, 4], "objects_per_image": [1, 4]}
@@ -172,7 +172,7 @@ def test_training_restores_the_callers_torch_state(tmp_path):
 
     threads = torch.get_num_threads()
     torch.use_deterministic_algorithms(False)  # whatever an earlier test left
-    main(["--out", str(tmp_path / "o"), "--steps", "1", "--threads", str(threads + 1), "--set", "s1_steps=1",
+    main(["--out", str(tmp_path / "o"), "--steps", "1", "--threads", str(threads + 1), "--set", "phases=[]", "--set", "s1_steps=1",
           "--set", "val_n=2", "--set", "final_n=1", "--set", 's1_pool={"grid_needle": 4}',
           "--set", 'pool={"grid_needle": 4}', "--set", 'batch={"grid_needle": 2}'])
     assert not torch.are_deterministic_algorithms_enabled()

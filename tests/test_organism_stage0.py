@@ -199,7 +199,7 @@ def test_training_with_stage0_and_recall_in_stage2(tmp_path):
     from core_eval.organism.train import main
 
     pools = '{"grid_needle": 8, "multi_image_needle": 4}'
-    main(["--out", str(tmp_path / "o"), "--steps", "2", "--set", "s1_steps=1", "--set", "val_n=2",
+    main(["--out", str(tmp_path / "o"), "--steps", "2", "--set", "phases=[]", "--set", "s1_steps=1", "--set", "val_n=2",
           "--set", "val_every=2", "--set", "final_n=1", "--set", f"s1_pool={pools}",
           "--set", f"pool={pools}", "--set", 'batch={"grid_needle": 2, "multi_image_needle": 1}',
           "--set", 'tokenizer="v2"', "--set", "s0_steps=3", "--set", "s0_eval_every=3",

@@ -190,7 +190,7 @@ def test_the_readme_load_and_family_blocks_run_as_written(tmp_path, tiny_dir, mo
 def test_the_readme_organism_rebuild_block_runs_as_written(tmp_path):
     """The organism's rebuild commands (train, score, causal check, heads report) in a folder laid out
     like the repo, at toy sizes: the training steps, ``--n`` of each step and the report's ablations."""
-    toy = ("--steps 3 --set s1_steps=2 --set val_n=4 --set val_every=3 --set final_n=1 "
+    toy = ("--steps 3 --set phases=[] --set s1_steps=2 --set val_n=4 --set val_every=3 --set final_n=1 "
            """--set 's1_pool={"grid_needle": 20, "count_control": 10}' --set 'pool={"grid_needle": 20, "count_control": 10}' """
            """--set 'batch={"grid_needle": 4, "count_control": 2}'""")
     text = (REPO / "README.md").read_text()

@@ -19,11 +19,13 @@ __all__ = ["DESCRIPTION", "organism_dir", "training_log", "TASK_KNOBS", "FAMILY_
            "ANSWER_INSTRUCTION"]
 
 DESCRIPTION = (
-    "core-eval organism: LLaVA (CLIP ViT 64x64 px, patch 16 = one visual token per cell of the "
+    "core-eval organism v2: LLaVA (CLIP ViT 64x64 px, patch 16 = one visual token per cell of the "
     "4x4 grid_needle grid at 448 px; Llama LM 6 layers x 8 heads, hidden 128) trained from "
-    "scratch in two stages (vision tower on per-patch colour/shape classification, then "
-    "projector + LM on a task mixture: grid_needle, count_control, multi_image_needle "
-    "which_image). Solves core_grid_needle and core_count_control; see training_log.json."
+    "scratch in two stages (vision tower on per-patch colour/shape/key/value classification, then "
+    "projector + LM on task mixtures in phases that end on held-out accuracy: grid_needle first, "
+    "then the text table with read-out items, then all families). Solves core_grid_needle and "
+    "core_text_lookup_table, counts above chance; multi_image_needle stays at chance; see "
+    "training_log.json."
 )
 
 #: Knobs of the lm-eval probe tasks (task_configs/*.yaml, seed 1000) the organism was built for,

@@ -12,8 +12,8 @@ chosen heads): CLIP vision tower on 64x64 px with 16 px patches, so a 448 px 4x4
 grid_needle image gives one visual token per cell; 2-layer MLP projector; Llama LM
 (6 layers x 8 heads, head_dim 16, MHA). Tokenizer (:mod:`core_eval.organism.tokenizer`):
 byte-level BPE (any text tokenizes) whose merges are learnt from probe text, so probe words are
-single tokens; ``tokenizer="v1"`` (default, the shipped weights) or ``"v2"`` (whitespace its own
-token, so a key / value is the same tokens in table, question and answer).
+single tokens; ``tokenizer="v2"`` (default: whitespace its own token, so a key / value is the
+same tokens in table, question and answer) or ``"v1"`` (the first organism's).
 
 Optional stage 0 (``--set s0_steps=N``; :mod:`core_eval.organism.stage0`): the LM alone on
 text-only associative recall (MQAR, the text table with every key asked, a text "which image
@@ -22,30 +22,30 @@ it in stage 2.
 
 Two stages, as real MLLMs are trained:
 
-1. vision tower only: per-patch classification of the colour and the shape of the object
-   centred in that patch (or none) and of the patch's row and column, on grid_needle,
-   count_control and multi_image_needle images, through throw-away linear heads (without the
-   row/column targets the tower's outputs barely encode where a patch is, and the LM learnt
-   cell addressing much more slowly);
-2. vision tower frozen; projector + LM on a task mixture (per batch of 64: 54 grid_needle, 8
-   count_control, 2 multi_image_needle which_image; ``text_needle``, text-only key/value
-   lookups, is supported but off by default: it stayed at 0% in every run), loss =
-   cross-entropy on the answer tokens and the end-of-sequence token that follows them. Each
-   family runs as its own sub-batch (little padding); one optimizer step per batch. The
-   frozen tower's features are computed once per probe image (exactly what the model computes
-   in its forward; checked against the real forward at the end).
+1. vision tower only: per-patch classification of the colour and the shape of the object in that
+   patch (multi-image objects: every patch they cover >= 20% of; others: the centre's patch; or
+   none), of a text-table cell's key letter and value digit, and of the patch's row and column,
+   on grid_needle, count_control, multi_image_needle and text_table images, through throw-away
+   linear heads (without the row/column targets the tower's outputs barely encode where a patch
+   is, and the LM learnt cell addressing much more slowly);
+2. vision tower frozen; projector + LM on task mixtures of 64 items per step, in phases
+   (``phases``): the grid (54 grid_needle, 8 count_control, 2 multi_image_needle) until held-out
+   grid accuracy reaches 0.85 or 1500 steps; the text table dominant (24 questions with 3 more
+   turns each + 24 read-out items, :mod:`core_eval.organism.readout`) until it reaches 0.9; then
+   all families together. Loss = cross-entropy on the answer tokens and the end-of-sequence token
+   that follows them. Each family runs as its own sub-batch (little padding); one optimizer step
+   per batch. The frozen tower's features are computed once per probe image (exactly what the
+   model computes in its forward; checked against the real forward at the end).
 
-Options for studying other recipes (``--set KEY=JSON``; all off by default, so the defaults
-reproduce the shipped weights' recipe): ``image_labels`` (the chat template writes
-``Image k: <image>``, as Qwen2-VL's ``Picture k:``), ``text_table`` in ``s1_pool`` / ``pool`` /
-``batch`` (the ``core_text_lookup_table`` family; stage 1 then also classifies each patch's key
-letter and value digit), ``knobs`` (per-family knob overrides of the training probes) and
-``turns`` (further questions about the same images per training item, multi-turn, so every
-image supervises several answers) and ``"readout:<family>"`` entries of ``pool`` / ``batch``
-(:mod:`core_eval.organism.readout`: the images, then ``readout_asks`` query/answer pairs back to
-back, associative recall over the visual tokens), ``mi_variant`` (the scene sizes of the multi-image
-pool variants) and ``phases`` (stage-2 mixtures in turn). What they did is in the README's organism
-section and ``docs/organism_sweep.md``.
+Options for studying other recipes (``--set KEY=JSON``; :data:`V1_RECIPE` lists the first
+organism's values): ``image_labels`` (the chat template writes ``Image k: <image>``, as
+Qwen2-VL's ``Picture k:``), ``knobs`` (per-family knob overrides of the training probes),
+``turns`` (further questions about the same images per training item, multi-turn, so every image
+supervises several answers), ``"readout:<family>"`` entries of ``pool`` / ``batch`` (the images,
+then ``readout_asks`` query/answer pairs back to back, associative recall over the visual
+tokens), ``mi_variant`` (the scene sizes of the multi-image pool variants), ``s1_cover``,
+``phases`` (with ``until``: end a phase on held-out accuracy) and stage 0. What they did is in
+the README's organism section and ``docs/organism_sweep.md``.
 
 Output: ``save_pretrained`` model (float32 safetensors) + processor + generation config, and
 ``training_log.json`` (config, seeds, timings, losses, validation accuracy, final greedy exact
@@ -77,51 +77,75 @@ IMAGE = 64         # processor output size (px)
 PATCH = 16         # -> 4x4 = 16 visual tokens per image
 N_VIS = (IMAGE // PATCH) ** 2
 
+#: The shipped weights' recipe (organism v2; the first organism's: :data:`V1_RECIPE`).
 DEFAULTS = dict(
     seed=0,
     # model
     vision_hidden=128, vision_layers=2, vision_heads=4, vision_intermediate=256,
     lm_hidden=128, lm_layers=6, lm_heads=8, lm_intermediate=256, vocab_target=640,
-    # "v1": the shipped weights' pre-tokenization; "v2": a key / value is the same token
-    # sequence in table, question and answer (core_eval/organism/tokenizer.py)
-    tokenizer="v1",
-    # stage 1
-    s1_steps=300, s1_batch=64, s1_lr=2e-3, s1_position=True,
-    s1_pool={"grid_needle": 1500, "count_control": 800, "multi_image_needle": 300},
-    # per family: label every patch an object covers >= this fraction of (default: the centre's)
-    s1_cover={},
+    # "v2": whitespace is its own token, so a key / value is the same token sequence in table,
+    # question and answer (core_eval/organism/tokenizer.py); "v1": the first organism's
+    tokenizer="v2",
+    # stage 1 (the text tables add key-letter / value-digit targets)
+    s1_steps=800, s1_batch=64, s1_lr=2e-3, s1_position=True,
+    s1_pool={"grid_needle": 1500, "count_control": 800, "multi_image_needle": 1500, "text_table": 600},
+    # per family: label every patch an object covers >= this fraction of (default: the centre's);
+    # multi-image objects straddle patches (docs/organism_sweep.md, session 5)
+    s1_cover={"multi_image_needle": 0.2},
     # stage 2
-    steps=3200, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
+    steps=4200, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
+    # the mixture when "phases" is empty (the v1 recipe's)
     batch={"grid_needle": 54, "count_control": 8, "multi_image_needle": 2},
-    # distinct samples per family (text_needle is built and validated, not in the batch mixture)
-    pool={"grid_needle": 16000, "count_control": 2000, "multi_image_needle": 2000,
-          "text_needle": 5000},
+    # distinct samples per family ("readout:<family>": read-out items, core_eval/organism/readout.py)
+    pool={"grid_needle": 16000, "count_control": 2000, "readout:count_control": 1000,
+          "multi_image_needle": 3000, "readout:multi_image_needle": 4000, "text_table": 3000,
+          "readout:text_table": 3000},
     styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
     # share of each pool drawn with other knobs (see knob_variant); the ranges of multi-image
     # variants (small scenes first let "which image holds X" leave chance: docs/organism_sweep.md)
-    mi_variant={"n_images": [2, 3], "objects_per_image": [4, 4]},
-    varied_frac={"grid_needle": 0.3, "multi_image_needle": 0.5, "text_needle": 0.5},
-    # Options off by default (the shipped weights were trained without them; see the README's
-    # "What we learnt" for what they did). The chat template writes "Image k: " before the k-th
-    # image (as Qwen2-VL's "Picture k:"):
+    mi_variant={"n_images": [2, 4], "objects_per_image": [1, 4]},
+    varied_frac={"grid_needle": 0.3, "multi_image_needle": 0.5, "readout:multi_image_needle": 0.7,
+                 "text_table": 0.5, "readout:text_table": 0.5},
+    # The chat template writes "Image k: " before the k-th image (as Qwen2-VL's "Picture k:"); off:
+    # it slowed the grid's escape and did not help multi-image (docs/organism_sweep.md)
     image_labels=False,
     # per-family knob overrides of the training and validation probes (default: the lm-eval
     # tasks' knobs, TASK_KNOBS; the final evaluation always uses TASK_KNOBS)
     knobs={},
     # further questions per training item about the same images (multi-turn, dense supervision)
-    turns={},
+    turns={"multi_image_needle": 3, "text_table": 3},
     # pairs per "readout:<family>" item of pool / batch (core_eval/organism/readout.py)
     readout_asks=8,
     # stage-2 mixtures in turn, [{"steps": n, "batch": {...}[, "until": {family: acc}]}, ...]
-    # (default: "batch" throughout); a phase ends after n steps or when its "until" is met
-    phases=[],
-    val_n=200, val_every=500,
-    final_n=100,
+    # (empty: "batch" throughout); a phase ends after n steps or when its "until" is met. The
+    # grid first, then the text table dominant until it has left chance, then all together.
+    phases=[
+        {"steps": 1500, "batch": {"grid_needle": 54, "count_control": 8, "multi_image_needle": 2},
+         "until": {"grid_needle": 0.85}},
+        {"steps": 1000, "batch": {"text_table": 24, "readout:text_table": 24, "grid_needle": 12,
+                                  "count_control": 4}, "until": {"text_table": 0.9}},
+        {"steps": 1, "batch": {"grid_needle": 40, "count_control": 10, "readout:count_control": 2,
+                               "multi_image_needle": 4, "readout:multi_image_needle": 4, "text_table": 2,
+                               "readout:text_table": 2}},
+    ],
+    val_n=100, val_every=100,   # validation also decides when a phase has met its "until"
+    final_n=300,
     # stage 0 (text-only recall before the visual stages; off unless s0_steps > 0): stage0.py
     **S0_DEFAULTS,
     # stage-0 items per stage-2 batch, e.g. {"mqar": 16, "table": 2, "which": 2} (default none)
     s2_recall={},
 )
+
+#: The first organism's (v1) settings where they differ from :data:`DEFAULTS` (``--set`` each entry).
+V1_RECIPE = {
+    "tokenizer": "v1", "s1_steps": 300,
+    "s1_pool": {"grid_needle": 1500, "count_control": 800, "multi_image_needle": 300},
+    "s1_cover": {}, "steps": 3200,
+    "pool": {"grid_needle": 16000, "count_control": 2000, "multi_image_needle": 2000, "text_needle": 5000},
+    "mi_variant": {"n_images": [2, 3], "objects_per_image": [4, 4]},
+    "varied_frac": {"grid_needle": 0.3, "multi_image_needle": 0.5, "text_needle": 0.5},
+    "turns": {}, "phases": [], "val_n": 200, "val_every": 500, "final_n": 100,
+}
 
 TRAIN_SEED0, VAL_SEED, TOK_SEED = 1_000_000, 3_000_000, 5_000_000
 
@@ -825,8 +849,9 @@ def main(argv=None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
     ap.add_argument("--device", default="cpu",
                     help="cpu (default; the shipped weights) or cuda: same recipe, other weights")
-    ap.add_argument("--minutes", type=float, default=30.0,
-                    help="wall-clock budget; stage 2 stops early when it is spent (logged)")
+    ap.add_argument("--minutes", type=float, default=150.0,
+                    help="wall-clock budget (default 150, well above the default recipe's hour); stage 2 "
+                         "stops early when it is spent (logged: other weights than the shipped ones)")
     ap.add_argument("--steps", type=int, default=None, help="stage-2 steps (default %d)" % DEFAULTS["steps"])
     ap.add_argument("--seed", type=int, default=None)
     ap.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
