@@ -753,12 +753,6 @@ def check_config(c: dict) -> None:
         if base not in FAMILIES or (base != f and base not in READOUT_FAMILIES):
             raise ValueError(f"pool family {f!r} is unknown; known: {list(FAMILIES)} and "
                              f"{['readout:' + r for r in READOUT_FAMILIES]}")
-    mixtures = ([(f"phases[{i}]", p.get("batch", {})) for i, p in enumerate(c["phases"])] if c["phases"]
-                else [("batch", c["batch"])])  # phases replace batch
-    for where, batch in mixtures:
-        missing = [f for f in batch if f not in c["pool"]]
-        if missing:
-            raise ValueError(f"{where} families {missing} have no pool entry; add them to --set pool=...")
     for i, p in enumerate(c["phases"]):
         if (not {"steps", "batch"} <= set(p) <= {"steps", "batch", "until"} or not isinstance(p["steps"], int)
                 or p["steps"] < 1):
@@ -767,6 +761,12 @@ def check_config(c: dict) -> None:
         unknown = [f for f in p.get("until", {}) if f not in c["pool"]]
         if unknown:  # validation reports the pool's families only
             raise ValueError(f"phases[{i}] until families {unknown} have no pool entry (nothing validates them)")
+    mixtures = ([(f"phases[{i}]", p["batch"]) for i, p in enumerate(c["phases"])] if c["phases"]
+                else [("batch", c["batch"])])  # phases replace batch
+    for where, batch in mixtures:
+        missing = [f for f in batch if f not in c["pool"]]
+        if missing:
+            raise ValueError(f"{where} families {missing} have no pool entry; add them to --set pool=...")
 
 
 def train(out: Path, c: dict, *, threads: int, minutes: float, device: str = "cpu") -> dict:

@@ -52,7 +52,7 @@ def add_report_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--n-boot", type=int, default=10000, help="bootstrap resamples (default 10000)")
     p.add_argument("--seed", type=int, default=0, help="bootstrap seed (default 0)")
     p.add_argument("--alpha", type=float, default=0.05, help="1 - CI level (default 0.05: 95%% CI)")
-    p.add_argument("--keep", type=_share, default=0.95, metavar="SHARE",
+    p.add_argument("--keep", type=_share, default=0.95, metavar="SHARE",  # = retention.KEEP (kept import-free)
                    help="sparse retention verdict: the share of the baseline's score a hybrid sparse attention run "
                         "must keep, in (0, 1] (default 0.95)")
     p.add_argument("--all-results", action="store_true",
@@ -80,7 +80,7 @@ def run_report(args) -> int:
 
     report = build_report(args.runs, args.baseline, speed=args.speed, metrics=args.metric, n_boot=args.n_boot,
                           seed=args.seed, alpha=args.alpha, title=args.title, source=args.source,
-                          specs=args.spec, keep=getattr(args, "keep", 0.95))
+                          specs=args.spec, keep=args.keep)
     if args.overlays:
         from core_eval.report_overlays import add_overlay_sections
 

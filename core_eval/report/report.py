@@ -22,7 +22,7 @@ from core_eval.report.baselines import assign_baselines
 from core_eval.report.comparison import COMPARISON_COLUMNS, Note, compare, notes_frame
 from core_eval.report.errors import ReportError
 from core_eval.report.readers import load_runs, uniquify_names
-from core_eval.report.retention import RETENTION_COLUMNS, retention_table, sparse_rows
+from core_eval.report.retention import KEEP, RETENTION_COLUMNS, retention_table, sparse_rows
 from core_eval.report.run import Run
 from core_eval.report.speed import read_speed
 from core_eval.report.tables import (
@@ -152,7 +152,7 @@ def build_report(
     source: str = "auto",
     all_results: bool = True,
     specs: Iterable[str | os.PathLike] | None = None,
-    keep: float = 0.95,
+    keep: float = KEEP,
 ) -> Report:
     """Read runs, compare each against its model's baseline, build tables and figures.
 

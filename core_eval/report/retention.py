@@ -28,6 +28,9 @@ from core_eval.report.run import Run
 from core_eval.report.stats import paired_ci
 from core_eval.report.verdict import pooled_pairs
 
+#: default share of the baseline a hybrid sparse attention run must keep (``core-eval report --keep``)
+KEEP = 0.95
+
 RETENTION_COLUMNS = ["model", "harness", "task", "metric", "variant", "rule", "n_heads", "frac_heads", "label", "run",
                      "n", "baseline", "score", "retention", "retention_low", "retention_high", "keep", "verdict",
                      "random_score", "diff", "diff_low", "diff_high", "n_random_runs", "vs_random", "test", "note",
@@ -86,7 +89,7 @@ def _vs_random(top: Run, randoms: list[Run], task: str, metric: str, filt: str, 
             "diff_high": hi, "vs_random": "better" if better else "worse" if worse else "inconclusive"}
 
 
-def retention_table(rows: pd.DataFrame, runs: list[Run], *, keep: float = 0.95, n_boot: int = 10000, seed: int = 0,
+def retention_table(rows: pd.DataFrame, runs: list[Run], *, keep: float = KEEP, n_boot: int = 10000, seed: int = 0,
                     alpha: float = 0.05) -> pd.DataFrame:
     """``rows``: :func:`sparse_rows` of the comparison; one row per sparse run and task (see the module doc)."""
     if rows.empty:

@@ -25,6 +25,7 @@ import pandas as pd
 
 from core_eval._io import atomic_write  # noqa: F401  (re-exported)
 from core_eval.report.errors import ReportError
+from core_eval.report.retention import KEEP
 from core_eval.report.run import short_model
 
 SCHEMA = "core-eval-report/v1"
@@ -128,7 +129,7 @@ def _params_lines(report) -> list[str]:
     p = report.params
     return [f"- paired bootstrap: {p['n_boot']} resamples, seed {p['seed']}, {100 * (1 - p['alpha']):g}% CI",
             f"- samples paired on: {p['pairing']}",
-            f"- sparse retention threshold (keep): {p.get('keep', 0.95):g} of the baseline",
+            f"- sparse retention threshold (keep): {p.get('keep', KEEP):g} of the baseline",
             "- primary metrics: " + (", ".join(f"{t}: {m}" for t, m in p["primary_metrics"].items()) or "none")]
 
 
