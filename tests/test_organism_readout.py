@@ -177,3 +177,53 @@ def test_training_restores_the_callers_torch_state(tmp_path):
           "--set", 'pool={"grid_needle": 4}', "--set", 'batch={"grid_needle": 2}'])
     assert not torch.are_deterministic_algorithms_enabled()
     assert torch.get_num_threads() == threads
+
+
+def test_labelled_pools_draw_their_own_knobs():
+    """``"<family>@<label>"`` pool entries (a multi-image scene-size curriculum): each is built with
+    ``knobs["<family>@<label>"]`` over the task's knobs, read-outs of it too; the plain entry keeps
+    the task's 4 images."""
+    from core_eval.organism import TASK_KNOBS
+    from core_eval.organism.train import DEFAULTS, build_model, build_pool, build_processor, build_tokenizer
+
+    c = {**DEFAULTS, "pool": {"multi_image_needle": 1}}
+    tok = build_tokenizer(c)
+    proc = build_processor(tok)
+    model = build_model(tok, c)
+    knobs = {"multi_image_needle@2x1": {"n_images": 2, "objects_per_image": 1}}
+    sizes = {"multi_image_needle": 3, "multi_image_needle@2x1": 5, "readout:multi_image_needle@2x1": 4}
+    pool = build_pool(model, proc, sizes, 100, varied_frac={}, rng_seed=1, knobs=knobs,
+                      turns={"multi_image_needle": 1})
+    image_id = proc.tokenizer.convert_tokens_to_ids(proc.image_token)
+    n_images = {k: {len(v[0].feats) for v in items} for k, items in pool.items.items()}
+    assert n_images == {"multi_image_needle": {TASK_KNOBS["multi_image_needle"]["n_images"]},
+                        "multi_image_needle@2x1": {2}, "readout:multi_image_needle@2x1": {2}}
+    for k, items in pool.items.items():
+        for variants in items:
+            for it in variants:
+                assert it.ids.count(image_id) == 16 * len(it.feats)
+    # the labelled chat items answer "1" or "2" (which of two images), with the family's turns
+    answers = {proc.tokenizer.decode(it.ids[s:e - 1]) for v in pool.items["multi_image_needle@2x1"]
+               for it in v for s, e in it.spans[:1]}
+    assert answers <= {"1", "2"} and answers
+    assert any(len(it.spans) == 2 for v in pool.items["multi_image_needle@2x1"] for it in v)  # turns
+
+
+def test_check_config_refuses_labelled_pools_without_their_knobs():
+    from core_eval.organism.train import DEFAULTS, check_config
+
+    pool = {**DEFAULTS["pool"], "multi_image_needle@2x1": 8}
+    with pytest.raises(ValueError, match=r"'multi_image_needle@2x1' is a labelled pool, but knobs has no"):
+        check_config({**DEFAULTS, "pool": pool})
+    with pytest.raises(ValueError, match=r"knobs\['multi_image_needle@2x1'\].*which_image' needs n_images >= 2"):
+        check_config({**DEFAULTS, "pool": pool, "knobs": {"multi_image_needle@2x1": {"n_images": 1}}})
+    with pytest.raises(ValueError, match=r"knobs entries \['grid_needle@big'\] name no pool"):
+        check_config({**DEFAULTS, "knobs": {"grid_needle@big": {"grid": 5}}})
+    with pytest.raises(ValueError, match=r"until families \['multi_image_needle@2x2'\] have no pool entry"):
+        check_config({**DEFAULTS, "pool": pool, "knobs": {"multi_image_needle@2x1": {"n_images": 2}},
+                      "phases": [{"steps": 2, "batch": {"multi_image_needle@2x1": 2},
+                                  "until": {"multi_image_needle@2x2": 0.8}}]})
+    check_config({**DEFAULTS, "pool": {**pool, "readout:multi_image_needle@2x1": 8},
+                  "knobs": {"multi_image_needle@2x1": {"n_images": 2, "objects_per_image": 1}},
+                  "phases": [{"steps": 2, "batch": {"readout:multi_image_needle@2x1": 2},
+                              "until": {"multi_image_needle@2x1": 0.8}}]})

@@ -44,7 +44,9 @@ Qwen2-VL's ``Picture k:``), ``knobs`` (per-family knob overrides of the training
 supervises several answers), ``"readout:<family>"`` entries of ``pool`` / ``batch`` (the images,
 then ``readout_asks`` query/answer pairs back to back, associative recall over the visual
 tokens), ``mi_variant`` (the scene sizes of the multi-image pool variants), ``s1_cover``,
-``phases`` (with ``until``: end a phase on held-out accuracy) and stage 0. What they did is in
+``phases`` (with ``until``: end a phase on held-out accuracy), ``"<family>@<label>"`` pool entries
+(a pool of their own with ``knobs["<family>@<label>"]``, validated on their own: a curriculum on
+the multi-image scene size) and stage 0. What they did is in
 the README's organism section and ``docs/organism_sweep.md``.
 
 Output: ``save_pretrained`` model (float32 safetensors) + processor + generation config, and
@@ -109,8 +111,9 @@ DEFAULTS = dict(
     # The chat template writes "Image k: " before the k-th image (as Qwen2-VL's "Picture k:"); off:
     # it slowed the grid's escape and did not help multi-image (docs/organism_sweep.md)
     image_labels=False,
-    # per-family knob overrides of the training and validation probes (default: the lm-eval
-    # tasks' knobs, TASK_KNOBS; the final evaluation always uses TASK_KNOBS)
+    # per-family knob overrides (over the lm-eval tasks' knobs, TASK_KNOBS) of the training and
+    # validation probes; a "<family>@<label>" pool entry (e.g. one multi-image scene size) draws
+    # knobs["<family>@<label>"] (see family_of; the final evaluation always uses TASK_KNOBS)
     knobs={},
     # further questions per training item about the same images (multi-turn, dense supervision)
     turns={"multi_image_needle": 3, "text_table": 3},
@@ -405,13 +408,33 @@ def more_questions(sample, rng: random.Random, k: int) -> list[tuple[str, str]]:
     return out[:k]
 
 
+def family_of(key: str) -> str:
+    """The probe family of a pool key: ``"readout:multi_image_needle@2x1"`` -> ``"multi_image_needle"``.
+
+    ``"<family>@<label>"`` is a pool of its own with the knob overrides ``knobs["<family>@<label>"]``
+    (e.g. one pool per multi-image scene size), validated on its own so a phase can end on it."""
+    from core_eval.organism.readout import base_family
+
+    return base_family(key).split("@")[0]
+
+
+def knobs_for(knobs: dict, key: str) -> dict | None:
+    """The probe knobs of pool key ``key``: its ``knobs`` entry (else its read-out's base, else its
+    family's) over the lm-eval task's ``TASK_KNOBS``; ``None`` (the task's) when none is set."""
+    from core_eval.organism.readout import base_family
+
+    fam = family_of(key)
+    over = knobs.get(key, knobs.get(base_family(key), knobs.get(fam)))
+    return None if over is None else {**TASK_KNOBS[fam], **over}
+
+
 def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, rng_seed: int,
                chunk: int = 200, styles=("plain", "lm_eval"), knobs: dict | None = None,
                turns: dict | None = None, readout_asks: int = 8, mi_variant: dict | None = None) -> Pool:
     """Tokenized items of each family (``turns[family]`` further questions per item, see
     :func:`more_questions`; a ``"readout:<family>"`` entry: read-out items of ``readout_asks``
     pairs, :mod:`core_eval.organism.readout`) and the tower features of their images."""
-    from core_eval.organism.readout import base_family, encode_readout
+    from core_eval.organism.readout import PREFIX, encode_readout
 
     pool = Pool()
     rng = random.Random(rng_seed)
@@ -422,12 +445,12 @@ def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, 
         for c_i, start in enumerate(range(0, n, chunk)):
             m = min(chunk, n - start)
             seed = seed0 + 1000 * f_i + c_i
-            base_fam = base_family(fam)
-            kn = (knobs or {}).get(fam, (knobs or {}).get(base_fam))
+            base_fam, is_readout = family_of(fam), fam.startswith(PREFIX)
+            kn = knobs_for(knobs or {}, fam)
             if rng.random() < varied_frac.get(fam, 0.0):
                 kn = knob_variant(base_fam, rng, mi_variant)
             # a read-out item ends with its images: the phrasing of the question does not enter it
-            fam_styles = ("lm_eval",) if fam == "text_needle" else ("plain",) if fam != base_fam else styles
+            fam_styles = ("lm_eval",) if base_fam == "text_needle" else ("plain",) if is_readout else styles
             by_style = {st: make_samples(base_fam, m, seed, style=st, knobs=kn) for st in fam_styles}
             base = by_style[fam_styles[0]]
             ims = [im for s in base for im in s.images]
@@ -439,12 +462,12 @@ def build_pool(model, processor, sizes: dict, seed0: int, *, varied_frac: dict, 
             for j in range(m):
                 k = len(base[j].images)
                 fi, pos = fidx[pos:pos + k], pos + k
-                if fam != base_fam:
+                if is_readout:
                     it = encode_readout(processor, base[j], fi, trng, readout_asks)
                     it.family = fam
                     items.append((it,))
                     continue
-                more = more_questions(base[j], trng, (turns or {}).get(fam, 0))
+                more = more_questions(base[j], trng, (turns or {}).get(fam, (turns or {}).get(base_fam, 0)))
                 items.append(tuple(encode_item(processor, by_style[st][j], fi, more) for st in fam_styles))
         pool.items[fam] = items
         log(f"  pool {fam}: {n} samples in {time.time() - t0:.1f}s")
@@ -476,8 +499,8 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
     pix, labels = [], {t: [] for t in targets}
     for f_i, (fam, n) in enumerate(c["s1_pool"].items()):
         for start in range(0, n, 200):
-            ss = make_samples(fam, min(200, n - start), TRAIN_SEED0 + 500_000 + 1000 * f_i + start,
-                              style="plain", knobs=c["knobs"].get(fam))
+            ss = make_samples(family_of(fam), min(200, n - start), TRAIN_SEED0 + 500_000 + 1000 * f_i + start,
+                              style="plain", knobs=knobs_for(c["knobs"], fam))
             pix.append(_pixels(processor, [im for s in ss for im in s.images]))
             for s in ss:
                 for lab in patch_labels(s, c["s1_cover"].get(fam)):
@@ -526,7 +549,7 @@ def stage1(model, processor, c: dict, rec: dict) -> None:
         # per family, on fresh images (seeds training never drew): the split above holds the first family only
         by_family = {}
         for f_i, fam in enumerate(c["s1_pool"]):
-            ss = make_samples(fam, 16, VAL_SEED + 500_000 + 1000 * f_i, style="plain", knobs=c["knobs"].get(fam))
+            ss = make_samples(family_of(fam), 16, VAL_SEED + 500_000 + 1000 * f_i, style="plain", knobs=knobs_for(c["knobs"], fam))
             h = vision_features(model, _pixels(processor, [im for s in ss for im in s.images]).to(dev))
             labs = [lab for s in ss for lab in patch_labels(s, c["s1_cover"].get(fam))]
             fam_acc = occupied_acc(h, {t: torch.tensor([lab[t] for lab in labs]) for t in targets})
@@ -746,13 +769,26 @@ def check_config(c: dict) -> None:
     """Refuse a mixture that cannot run, before any work: every ``batch`` (or ``phases``) family needs a ``pool``,
     every pool family must be one the organism knows (read-outs: of a family that has them)."""
     from core_eval.organism.data import FAMILIES
-    from core_eval.organism.readout import READOUT_FAMILIES, base_family
+    from core_eval.organism.readout import PREFIX, READOUT_FAMILIES, base_family
 
     for f in c["pool"]:
-        base = base_family(f)
-        if base not in FAMILIES or (base != f and base not in READOUT_FAMILIES):
+        fam = family_of(f)
+        if fam not in FAMILIES or (f.startswith(PREFIX) and fam not in READOUT_FAMILIES):
             raise ValueError(f"pool family {f!r} is unknown; known: {list(FAMILIES)} and "
-                             f"{['readout:' + r for r in READOUT_FAMILIES]}")
+                             f"{['readout:' + r for r in READOUT_FAMILIES]} (each optionally '@<label>')")
+        if "@" in f and base_family(f) not in c["knobs"]:
+            raise ValueError(f"pool entry {f!r} is a labelled pool, but knobs has no {base_family(f)!r} entry "
+                             f"(its probes' knob overrides), e.g. --set 'knobs={{\"{base_family(f)}\": "
+                             f"{{\"n_images\": 2}}}}'")
+        if "@" in f:  # the generator's own checks of the knobs, before any work
+            try:
+                make_samples(fam, 1, 0, knobs=knobs_for(c["knobs"], f))
+            except (TypeError, ValueError) as e:
+                raise ValueError(f"knobs[{base_family(f)!r}] (pool entry {f!r}): {e}") from None
+    used = {n for f in [*c["pool"], *c["s1_pool"]] for n in (f, base_family(f), family_of(f))}  # knobs_for
+    unused = [k for k in c["knobs"] if k not in used]
+    if unused:
+        raise ValueError(f"knobs entries {unused} name no pool or s1_pool entry: nothing would use them")
     for i, p in enumerate(c["phases"]):
         if (not {"steps", "batch"} <= set(p) <= {"steps", "batch", "until"} or not isinstance(p["steps"], int)
                 or p["steps"] < 1):
