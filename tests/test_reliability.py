@@ -170,7 +170,7 @@ def test_spec_of_another_architecture_is_refused(tiny_dir, tmp_path):
         warnings.simplefilter("error")
         core_eval.plan(str(model), spec=own, heads="top")
     organism = REPO / "core_eval" / "organism" / "weights"
-    assert core_eval.plan(str(organism), spec=REPO / "head_masks" / "organism.json").heads == [(3, 1), (3, 4)]
+    assert core_eval.plan(str(organism), spec=REPO / "head_masks" / "organism.json").heads == [(3, 7), (4, 4)]
 
 
 # --------------------------------------------------------------------------- 4. the partial folder, checked first
@@ -298,7 +298,7 @@ def test_probe_jsonl_accepts_bom_like_the_spec_reader(tmp_path):
     assert [s.id for s in back] == [s.id for s in samples]
     spec = tmp_path / "spec.json"  # the spec reader accepts the same byte-order mark
     spec.write_bytes(b"\xef\xbb\xbf" + (REPO / "head_masks" / "organism.json").read_bytes())
-    assert load_head_spec(spec).heads == [(3, 1), (3, 4)]
+    assert load_head_spec(spec).heads == [(3, 7), (4, 4)]
 
 
 def test_truncated_png_names_its_row(tmp_path):

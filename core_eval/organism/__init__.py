@@ -23,9 +23,9 @@ DESCRIPTION = (
     "4x4 grid_needle grid at 448 px; Llama LM 6 layers x 8 heads, hidden 128) trained from "
     "scratch in two stages (vision tower on per-patch colour/shape/key/value classification, then "
     "projector + LM on task mixtures in phases that end on held-out accuracy: grid_needle first, "
-    "then the text table with read-out items, then all families). Solves core_grid_needle and "
-    "core_text_lookup_table, counts above chance; multi_image_needle stays at chance; see "
-    "training_log.json."
+    "then the text table with read-out items, then multi-image on growing scenes with labelled "
+    "images, then all families). Solves core_grid_needle and core_text_lookup_table; counting and "
+    "multi_image_needle are above chance; see training_log.json."
 )
 
 #: Knobs of the lm-eval probe tasks (task_configs/*.yaml, seed 1000) the organism was built for,

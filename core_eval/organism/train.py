@@ -95,38 +95,47 @@ DEFAULTS = dict(
     # multi-image objects straddle patches (docs/organism_sweep.md, session 5)
     s1_cover={"multi_image_needle": 0.2},
     # stage 2
-    steps=4200, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
+    steps=4400, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
     # the mixture when "phases" is empty (the v1 recipe's)
     batch={"grid_needle": 54, "count_control": 8, "multi_image_needle": 2},
     # distinct samples per family ("readout:<family>": read-out items, core_eval/organism/readout.py)
     pool={"grid_needle": 16000, "count_control": 2000, "readout:count_control": 1000,
           "multi_image_needle": 3000, "readout:multi_image_needle": 4000, "text_table": 3000,
-          "readout:text_table": 3000},
+          "readout:text_table": 3000,
+          # one pool per multi-image scene size of the curriculum (their knobs: "knobs")
+          **{f"{ro}multi_image_needle@{s}": 1500 for s in ("2x1", "2x2", "4x2") for ro in ("", "readout:")}},
     styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
     # share of each pool drawn with other knobs (see knob_variant); the ranges of multi-image
     # variants (small scenes first let "which image holds X" leave chance: docs/organism_sweep.md)
     mi_variant={"n_images": [2, 4], "objects_per_image": [1, 4]},
     varied_frac={"grid_needle": 0.3, "multi_image_needle": 0.5, "readout:multi_image_needle": 0.7,
                  "text_table": 0.5, "readout:text_table": 0.5},
-    # The chat template writes "Image k: " before the k-th image (as Qwen2-VL's "Picture k:"); off:
-    # it slowed the grid's escape and did not help multi-image (docs/organism_sweep.md)
-    image_labels=False,
+    # The chat template writes "Image k: " before the k-th image (as Qwen2-VL's "Picture k:"): it
+    # tells a visual token which image it is in; "which image holds X" left chance with it in the
+    # scene-size curriculum (docs/organism_sweep.md, session 6)
+    image_labels=True,
     # per-family knob overrides (over the lm-eval tasks' knobs, TASK_KNOBS) of the training and
     # validation probes; a "<family>@<label>" pool entry (e.g. one multi-image scene size) draws
     # knobs["<family>@<label>"] (see family_of; the final evaluation always uses TASK_KNOBS)
-    knobs={},
+    knobs={f"multi_image_needle@{a}x{b}": {"n_images": a, "objects_per_image": b}
+           for a, b in ((2, 1), (2, 2), (4, 2))},
     # further questions per training item about the same images (multi-turn, dense supervision)
     turns={"multi_image_needle": 3, "text_table": 3},
     # pairs per "readout:<family>" item of pool / batch (core_eval/organism/readout.py)
     readout_asks=8,
     # stage-2 mixtures in turn, [{"steps": n, "batch": {...}[, "until": {family: acc}]}, ...]
     # (empty: "batch" throughout); a phase ends after n steps or when its "until" is met. The
-    # grid first, then the text table dominant until it has left chance, then all together.
+    # grid first, then the text table dominant until it has left chance, then multi-image on
+    # growing scenes (2 images x 1 object -> 2x2 -> 4x2 -> the task's 4x4 mixture), then all together.
     phases=[
         {"steps": 1500, "batch": {"grid_needle": 54, "count_control": 8, "multi_image_needle": 2},
          "until": {"grid_needle": 0.85}},
         {"steps": 1000, "batch": {"text_table": 24, "readout:text_table": 24, "grid_needle": 12,
                                   "count_control": 4}, "until": {"text_table": 0.9}},
+        *({"steps": 400, "batch": {f"multi_image_needle{s}": 24, f"readout:multi_image_needle{s}": 24,
+                                   "grid_needle": 10, "count_control": 4, "text_table": 2, "readout:text_table": 2},
+           "until": {f"multi_image_needle{s}": u}}
+          for s, u in (("@2x1", 0.85), ("@2x2", 0.8), ("@4x2", 0.7), ("", 0.6))),
         {"steps": 1, "batch": {"grid_needle": 40, "count_control": 10, "readout:count_control": 2,
                                "multi_image_needle": 4, "readout:multi_image_needle": 4, "text_table": 2,
                                "readout:text_table": 2}},
