@@ -212,18 +212,22 @@ def test_labelled_pools_draw_their_own_knobs():
 def test_check_config_refuses_labelled_pools_without_their_knobs():
     from core_eval.organism.train import DEFAULTS, check_config
 
-    pool = {**DEFAULTS["pool"], "multi_image_needle@2x1": 8}
-    with pytest.raises(ValueError, match=r"'multi_image_needle@2x1' is a labelled pool, but knobs has no"):
-        check_config({**DEFAULTS, "pool": pool})
-    with pytest.raises(ValueError, match=r"knobs\['multi_image_needle@2x1'\].*which_image' needs n_images >= 2"):
-        check_config({**DEFAULTS, "pool": pool, "knobs": {"multi_image_needle@2x1": {"n_images": 1}}})
+    # the shipped curriculum's labelled pools and phases replaced by one labelled pool of our own
+    pool = {**{k: v for k, v in DEFAULTS["pool"].items() if "@" not in k}, "multi_image_needle@3x1": 8}
+    c = {**DEFAULTS, "pool": pool, "knobs": {}, "phases": []}
+    with pytest.raises(ValueError, match=r"'multi_image_needle@3x1' is a labelled pool, but knobs has no"):
+        check_config(c)
+    with pytest.raises(ValueError, match=r"knobs\['multi_image_needle@3x1'\].*which_image' needs n_images >= 2"):
+        check_config({**c, "knobs": {"multi_image_needle@3x1": {"n_images": 1}}})
     with pytest.raises(ValueError, match=r"knobs entries \['grid_needle@big'\] name no pool"):
-        check_config({**DEFAULTS, "knobs": {"grid_needle@big": {"grid": 5}}})
+        check_config({**DEFAULTS, "knobs": {**DEFAULTS["knobs"], "grid_needle@big": {"grid": 5}}})
     with pytest.raises(ValueError, match=r"until families \['multi_image_needle@2x2'\] have no pool entry"):
-        check_config({**DEFAULTS, "pool": pool, "knobs": {"multi_image_needle@2x1": {"n_images": 2}},
-                      "phases": [{"steps": 2, "batch": {"multi_image_needle@2x1": 2},
+        check_config({**c, "knobs": {"multi_image_needle@3x1": {"n_images": 3}},
+                      "phases": [{"steps": 2, "batch": {"multi_image_needle@3x1": 2},
                                   "until": {"multi_image_needle@2x2": 0.8}}]})
-    check_config({**DEFAULTS, "pool": {**pool, "readout:multi_image_needle@2x1": 8},
+    check_config(DEFAULTS)   # the shipped recipe passes
+    check_config({**DEFAULTS, "pool": {**{k: v for k, v in pool.items() if "@" not in k},
+                                       "multi_image_needle@2x1": 8, "readout:multi_image_needle@2x1": 8},
                   "knobs": {"multi_image_needle@2x1": {"n_images": 2, "objects_per_image": 1}},
                   "phases": [{"steps": 2, "batch": {"readout:multi_image_needle@2x1": 2},
                               "until": {"multi_image_needle@2x1": 0.8}}]})

@@ -795,7 +795,8 @@ def check_config(c: dict) -> None:
             except (TypeError, ValueError) as e:
                 raise ValueError(f"knobs[{base_family(f)!r}] (pool entry {f!r}): {e}") from None
     used = {n for f in [*c["pool"], *c["s1_pool"]] for n in (f, base_family(f), family_of(f))}  # knobs_for
-    unused = [k for k in c["knobs"] if k not in used]
+    # (a default entry a replaced pool no longer uses is not the caller's: only refuse entries they set)
+    unused = [k for k in c["knobs"] if k not in used and c["knobs"][k] != DEFAULTS["knobs"].get(k)]
     if unused:
         raise ValueError(f"knobs entries {unused} name no pool or s1_pool entry: nothing would use them")
     for i, p in enumerate(c["phases"]):
