@@ -80,6 +80,10 @@ PATCH = 16         # -> 4x4 = 16 visual tokens per image
 N_VIS = (IMAGE // PATCH) ** 2
 
 #: The shipped weights' recipe (organism v2; the first organism's: :data:`V1_RECIPE`).
+#: The multi-image scene sizes of the stage-2 curriculum (label -> n_images, objects_per_image) and
+#: the held-out accuracy that ends each one's phase; the task's 4x4 scenes come last (DEFAULTS["phases"]).
+MI_CURRICULUM = {"2x1": ((2, 1), 0.85), "2x2": ((2, 2), 0.8), "4x2": ((4, 2), 0.7)}
+
 DEFAULTS = dict(
     seed=0,
     # model
@@ -103,7 +107,7 @@ DEFAULTS = dict(
           "multi_image_needle": 3000, "readout:multi_image_needle": 4000, "text_table": 3000,
           "readout:text_table": 3000,
           # one pool per multi-image scene size of the curriculum (their knobs: "knobs")
-          **{f"{ro}multi_image_needle@{s}": 1500 for s in ("2x1", "2x2", "4x2") for ro in ("", "readout:")}},
+          **{f"{ro}multi_image_needle@{s}": 1500 for s in MI_CURRICULUM for ro in ("", "readout:")}},
     styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
     # share of each pool drawn with other knobs (see knob_variant); the ranges of multi-image
     # variants (small scenes first let "which image holds X" leave chance: docs/organism_sweep.md)
@@ -117,8 +121,8 @@ DEFAULTS = dict(
     # per-family knob overrides (over the lm-eval tasks' knobs, TASK_KNOBS) of the training and
     # validation probes; a "<family>@<label>" pool entry (e.g. one multi-image scene size) draws
     # knobs["<family>@<label>"] (see family_of; the final evaluation always uses TASK_KNOBS)
-    knobs={f"multi_image_needle@{a}x{b}": {"n_images": a, "objects_per_image": b}
-           for a, b in ((2, 1), (2, 2), (4, 2))},
+    knobs={f"multi_image_needle@{s}": {"n_images": a, "objects_per_image": b}
+           for s, ((a, b), _) in MI_CURRICULUM.items()},
     # further questions per training item about the same images (multi-turn, dense supervision)
     turns={"multi_image_needle": 3, "text_table": 3},
     # pairs per "readout:<family>" item of pool / batch (core_eval/organism/readout.py)
@@ -135,7 +139,7 @@ DEFAULTS = dict(
         *({"steps": 400, "batch": {f"multi_image_needle{s}": 24, f"readout:multi_image_needle{s}": 24,
                                    "grid_needle": 10, "count_control": 4, "text_table": 2, "readout:text_table": 2},
            "until": {f"multi_image_needle{s}": u}}
-          for s, u in (("@2x1", 0.85), ("@2x2", 0.8), ("@4x2", 0.7), ("", 0.6))),
+          for s, u in [*((f"@{s}", u) for s, (_, u) in MI_CURRICULUM.items()), ("", 0.6)]),
         {"steps": 1, "batch": {"grid_needle": 40, "count_control": 10, "readout:count_control": 2,
                                "multi_image_needle": 4, "readout:multi_image_needle": 4, "text_table": 2,
                                "readout:text_table": 2}},
