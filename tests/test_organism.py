@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from core_eval.organism import ANSWER_INSTRUCTION, TASK_KNOBS, organism_dir, training_log
+from core_eval.organism.train import SHIPPED_THREADS
 
 ROOT = Path(__file__).resolve().parents[1]
 TASKS = ROOT / "task_configs"
@@ -166,10 +167,10 @@ def test_training_log_records_the_run():
     log = training_log()
     fe = {k: v["exact_match"] for k, v in log["final_eval"].items()}   # n = 300, seed 1000
     assert fe["grid_needle/lm_eval"] >= 0.85 and fe["text_table/lm_eval"] >= 0.95
-    assert fe["count_control/lm_eval"] >= 0.5 and fe["multi_image_needle/lm_eval"] >= 0.4   # chance 0.25
+    assert fe["count_control/lm_eval"] >= 0.6 and fe["multi_image_needle/lm_eval"] >= 0.6   # chance 0.25
     assert log["final_eval"]["grid_needle/lm_eval"]["n"] >= 300
-    # issue #16's target is 60 minutes: the shipped run took 74 (one thread); two threads: 48 (README)
-    assert log["train_seconds"] <= 80 * 60 and log["threads"] == 1 and log["device"] == "cpu"
+    # issue #16: rebuilt in <= 60 minutes on the 2-core CPU, by the default command (its --threads)
+    assert log["train_seconds"] <= 60 * 60 and log["threads"] == SHIPPED_THREADS and log["device"] == "cpu"
     assert "stopped_early_at_step" not in log and log["stage2"]["steps_done"] == log["config"]["steps"]
     assert log["stage2"]["forward_check_max_abs_diff"] < 1e-3
     json.dumps(log)

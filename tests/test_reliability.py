@@ -39,6 +39,13 @@ GRID_KNOBS = {"grid": 3, "image_size": 96}
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _shipped_heads() -> list[tuple[int, int]]:
+    """The shipped organism spec's selection, read as plain JSON (not through the spec reader)."""
+    sel = json.loads((REPO / "head_masks" / "organism.json").read_text())["selection"]["heads"]
+    assert len(sel) == 2  # top 5% of 48 heads
+    return [tuple(h) for h in sel]
+
+
 class _Killed(Exception):
     pass
 
@@ -170,7 +177,7 @@ def test_spec_of_another_architecture_is_refused(tiny_dir, tmp_path):
         warnings.simplefilter("error")
         core_eval.plan(str(model), spec=own, heads="top")
     organism = REPO / "core_eval" / "organism" / "weights"
-    assert core_eval.plan(str(organism), spec=REPO / "head_masks" / "organism.json").heads == [(3, 7), (4, 4)]
+    assert core_eval.plan(str(organism), spec=REPO / "head_masks" / "organism.json").heads == _shipped_heads()
 
 
 # --------------------------------------------------------------------------- 4. the partial folder, checked first
@@ -298,7 +305,7 @@ def test_probe_jsonl_accepts_bom_like_the_spec_reader(tmp_path):
     assert [s.id for s in back] == [s.id for s in samples]
     spec = tmp_path / "spec.json"  # the spec reader accepts the same byte-order mark
     spec.write_bytes(b"\xef\xbb\xbf" + (REPO / "head_masks" / "organism.json").read_bytes())
-    assert load_head_spec(spec).heads == [(3, 7), (4, 4)]
+    assert load_head_spec(spec).heads == _shipped_heads()
 
 
 def test_truncated_png_names_its_row(tmp_path):

@@ -1,6 +1,6 @@
 """Train the organism: a small LLaVA that really solves the probe tasks, on 2 CPU cores.
 
-    python -m core_eval.organism.train --out DIR [--threads 1] [--steps N] [--minutes M]
+    python -m core_eval.organism.train --out DIR [--threads 2] [--steps N] [--minutes M]
 
 Deterministic: every random choice comes from ``--seed`` (model init, tokenizer corpus, probe
 seeds, batch order); the same torch version and thread count give the same weights.
@@ -31,9 +31,10 @@ Two stages, as real MLLMs are trained:
 2. vision tower frozen; projector + LM on task mixtures of 64 items per step, in phases
    (``phases``): the grid (54 grid_needle, 8 count_control, 2 multi_image_needle) until held-out
    grid accuracy reaches 0.85 or 1500 steps; the text table dominant (24 questions with 3 more
-   turns each + 24 read-out items, :mod:`core_eval.organism.readout`) until it reaches 0.9; then
-   all families together. Loss = cross-entropy on the answer tokens and the end-of-sequence token
-   that follows them. Each family runs as its own sub-batch (little padding); one optimizer step
+   turns each + 24 read-out items, :mod:`core_eval.organism.readout`) until it reaches 0.9; one
+   phase per multi-image scene size (:data:`MI_CURRICULUM`: 24 questions + 24 read-outs of that
+   size, until its accuracy or its cap); then all families together. Loss = cross-entropy on the
+   answer tokens and the end-of-sequence token that follows them. Each family runs as its own sub-batch (little padding); one optimizer step
    per batch. The frozen tower's features are computed once per probe image (exactly what the
    model computes in its forward; checked against the real forward at the end).
 
@@ -80,9 +81,11 @@ PATCH = 16         # -> 4x4 = 16 visual tokens per image
 N_VIS = (IMAGE // PATCH) ** 2
 
 #: The shipped weights' recipe (organism v2; the first organism's: :data:`V1_RECIPE`).
-#: The multi-image scene sizes of the stage-2 curriculum (label -> n_images, objects_per_image) and
-#: the held-out accuracy that ends each one's phase; the task's 4x4 scenes come last (DEFAULTS["phases"]).
-MI_CURRICULUM = {"2x1": ((2, 1), 0.85), "2x2": ((2, 2), 0.8), "4x2": ((4, 2), 0.7)}
+#: The multi-image scene sizes of the stage-2 curriculum (label -> (n_images, objects_per_image),
+#: the held-out accuracy that ends its phase, the phase's step cap); the task's own 4x4 scenes
+#: ("") come last. DEFAULTS["phases"] has one phase per entry, in this order.
+MI_CURRICULUM = {"2x1": ((2, 1), 0.85, 500), "2x2": ((2, 2), 0.8, 450), "4x2": ((4, 2), 0.7, 500),
+                 "": ((4, 4), 0.6, 650)}
 
 DEFAULTS = dict(
     seed=0,
@@ -99,7 +102,7 @@ DEFAULTS = dict(
     # multi-image objects straddle patches (docs/organism_sweep.md, session 5)
     s1_cover={"multi_image_needle": 0.2},
     # stage 2
-    steps=4400, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
+    steps=4900, lr=2e-3, warmup=150, weight_decay=0.01, clip=1.0,
     # the mixture when "phases" is empty (the v1 recipe's)
     batch={"grid_needle": 54, "count_control": 8, "multi_image_needle": 2},
     # distinct samples per family ("readout:<family>": read-out items, core_eval/organism/readout.py)
@@ -107,7 +110,7 @@ DEFAULTS = dict(
           "multi_image_needle": 3000, "readout:multi_image_needle": 4000, "text_table": 3000,
           "readout:text_table": 3000,
           # one pool per multi-image scene size of the curriculum (their knobs: "knobs")
-          **{f"{ro}multi_image_needle@{s}": 1500 for s in MI_CURRICULUM for ro in ("", "readout:")}},
+          **{f"{ro}multi_image_needle@{s}": 1500 for s in MI_CURRICULUM if s for ro in ("", "readout:")}},
     styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
     # share of each pool drawn with other knobs (see knob_variant); the ranges of multi-image
     # variants (small scenes first let "which image holds X" leave chance: docs/organism_sweep.md)
@@ -122,7 +125,7 @@ DEFAULTS = dict(
     # validation probes; a "<family>@<label>" pool entry (e.g. one multi-image scene size) draws
     # knobs["<family>@<label>"] (see family_of; the final evaluation always uses TASK_KNOBS)
     knobs={f"multi_image_needle@{s}": {"n_images": a, "objects_per_image": b}
-           for s, ((a, b), _) in MI_CURRICULUM.items()},
+           for s, ((a, b), _, _) in MI_CURRICULUM.items() if s},
     # further questions per training item about the same images (multi-turn, dense supervision)
     turns={"multi_image_needle": 3, "text_table": 3},
     # pairs per "readout:<family>" item of pool / batch (core_eval/organism/readout.py)
@@ -136,12 +139,12 @@ DEFAULTS = dict(
          "until": {"grid_needle": 0.85}},
         {"steps": 1000, "batch": {"text_table": 24, "readout:text_table": 24, "grid_needle": 12,
                                   "count_control": 4}, "until": {"text_table": 0.9}},
-        *({"steps": 400, "batch": {f"multi_image_needle{s}": 24, f"readout:multi_image_needle{s}": 24,
+        *({"steps": cap, "batch": {f"multi_image_needle{s}": 24, f"readout:multi_image_needle{s}": 24,
                                    "grid_needle": 10, "count_control": 4, "text_table": 2, "readout:text_table": 2},
            "until": {f"multi_image_needle{s}": u}}
-          for s, u in [*((f"@{s}", u) for s, (_, u) in MI_CURRICULUM.items()), ("", 0.6)]),
-        {"steps": 1, "batch": {"grid_needle": 40, "count_control": 10, "readout:count_control": 2,
-                               "multi_image_needle": 4, "readout:multi_image_needle": 4, "text_table": 2,
+          for s, (_, u, cap) in ((f"@{s}" if s else "", v) for s, v in MI_CURRICULUM.items())),
+        {"steps": 1, "batch": {"grid_needle": 36, "count_control": 12, "readout:count_control": 2,
+                               "multi_image_needle": 8, "readout:multi_image_needle": 4, "text_table": 2,
                                "readout:text_table": 2}},
     ],
     val_n=100, val_every=100,   # validation also decides when a phase has met its "until"
@@ -164,6 +167,8 @@ V1_RECIPE = {
 }
 
 TRAIN_SEED0, VAL_SEED, TOK_SEED = 1_000_000, 3_000_000, 5_000_000
+#: torch threads of the shipped run (both cores of the 2-core CPU); ``--threads``' default
+SHIPPED_THREADS = 2
 
 
 def log(msg: str) -> None:
@@ -896,7 +901,9 @@ def _train(out: Path, c: dict, *, threads: int, minutes: float, device: str) -> 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description="Train the core-eval organism (a small LLaVA).")
     ap.add_argument("--out", required=True, help="output checkpoint directory")
-    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    ap.add_argument("--threads", type=int, default=SHIPPED_THREADS,
+                    help=f"torch threads (default {SHIPPED_THREADS}, the shipped weights'; other counts "
+                         "change the reductions and so give other weights)")
     ap.add_argument("--device", default="cpu",
                     help="cpu (default; the shipped weights) or cuda: same recipe, other weights")
     ap.add_argument("--minutes", type=float, default=150.0,
