@@ -34,8 +34,8 @@ Two stages, as real MLLMs are trained:
    turns each + 24 read-out items, :mod:`core_eval.organism.readout`) until it reaches 0.9; one
    phase per multi-image scene size (:data:`MI_CURRICULUM`: 24 questions + 24 read-outs of that
    size, until its accuracy or its cap); then all families together. Loss = cross-entropy on the
-   answer tokens and the end-of-sequence token that follows them. Each family runs as its own sub-batch (little padding); one optimizer step
-   per batch. The frozen tower's features are computed once per probe image (exactly what the
+   answer tokens and the end-of-sequence token that follows them. Each family runs as its own
+   sub-batch (little padding); one optimizer step per batch. The frozen tower's features are computed once per probe image (exactly what the
    model computes in its forward; checked against the real forward at the end).
 
 Options for studying other recipes (``--set KEY=JSON``; :data:`V1_RECIPE` lists the first
@@ -80,13 +80,19 @@ IMAGE = 64         # processor output size (px)
 PATCH = 16         # -> 4x4 = 16 visual tokens per image
 N_VIS = (IMAGE // PATCH) ** 2
 
-#: The shipped weights' recipe (organism v2; the first organism's: :data:`V1_RECIPE`).
 #: The multi-image scene sizes of the stage-2 curriculum (label -> (n_images, objects_per_image),
 #: the held-out accuracy that ends its phase, the phase's step cap); the task's own 4x4 scenes
 #: ("") come last. DEFAULTS["phases"] has one phase per entry, in this order.
 MI_CURRICULUM = {"2x1": ((2, 1), 0.85, 500), "2x2": ((2, 2), 0.8, 450), "4x2": ((4, 2), 0.7, 500),
                  "": ((4, 4), 0.6, 650)}
 
+
+def _mi_pool(label: str) -> str:
+    """The pool entry of a curriculum scene size (``""``: the task's own scenes)."""
+    return f"multi_image_needle@{label}" if label else "multi_image_needle"
+
+
+#: The shipped weights' recipe (organism v2; the first organism's: :data:`V1_RECIPE`).
 DEFAULTS = dict(
     seed=0,
     # model
@@ -110,7 +116,7 @@ DEFAULTS = dict(
           "multi_image_needle": 3000, "readout:multi_image_needle": 4000, "text_table": 3000,
           "readout:text_table": 3000,
           # one pool per multi-image scene size of the curriculum (their knobs: "knobs")
-          **{f"{ro}multi_image_needle@{s}": 1500 for s in MI_CURRICULUM if s for ro in ("", "readout:")}},
+          **{ro + _mi_pool(s): 1500 for s in MI_CURRICULUM if s for ro in ("", "readout:")}},
     styles=["plain", "lm_eval"],   # phrasings of the visual questions (see data.py)
     # share of each pool drawn with other knobs (see knob_variant); the ranges of multi-image
     # variants (small scenes first let "which image holds X" leave chance: docs/organism_sweep.md)
@@ -124,7 +130,7 @@ DEFAULTS = dict(
     # per-family knob overrides (over the lm-eval tasks' knobs, TASK_KNOBS) of the training and
     # validation probes; a "<family>@<label>" pool entry (e.g. one multi-image scene size) draws
     # knobs["<family>@<label>"] (see family_of; the final evaluation always uses TASK_KNOBS)
-    knobs={f"multi_image_needle@{s}": {"n_images": a, "objects_per_image": b}
+    knobs={_mi_pool(s): {"n_images": a, "objects_per_image": b}
            for s, ((a, b), _, _) in MI_CURRICULUM.items() if s},
     # further questions per training item about the same images (multi-turn, dense supervision)
     turns={"multi_image_needle": 3, "text_table": 3},
@@ -139,10 +145,10 @@ DEFAULTS = dict(
          "until": {"grid_needle": 0.85}},
         {"steps": 1000, "batch": {"text_table": 24, "readout:text_table": 24, "grid_needle": 12,
                                   "count_control": 4}, "until": {"text_table": 0.9}},
-        *({"steps": cap, "batch": {f"multi_image_needle{s}": 24, f"readout:multi_image_needle{s}": 24,
-                                   "grid_needle": 10, "count_control": 4, "text_table": 2, "readout:text_table": 2},
-           "until": {f"multi_image_needle{s}": u}}
-          for s, (_, u, cap) in ((f"@{s}" if s else "", v) for s, v in MI_CURRICULUM.items())),
+        *({"steps": cap, "batch": {_mi_pool(s): 24, "readout:" + _mi_pool(s): 24, "grid_needle": 10,
+                                   "count_control": 4, "text_table": 2, "readout:text_table": 2},
+           "until": {_mi_pool(s): u}}
+          for s, (_, u, cap) in MI_CURRICULUM.items()),
         {"steps": 1, "batch": {"grid_needle": 36, "count_control": 12, "readout:count_control": 2,
                                "multi_image_needle": 8, "readout:multi_image_needle": 4, "text_table": 2,
                                "readout:text_table": 2}},
