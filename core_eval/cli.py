@@ -141,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     tp.set_defaults(fn=_tasks_path)
     from core_eval.loading import add_family_argument
     from core_eval.probes import add_probe_arguments
+    from core_eval.scoring.ram import QUERY_ROWS
 
     sc = sub.add_parser("score", help="score every LM head by RAM on probes -> head spec (resumable)")
     sc.add_argument("--model", required=True, help="checkpoint directory or cached model id")
@@ -148,7 +149,9 @@ def build_parser() -> argparse.ArgumentParser:
     sc.add_argument("--n", type=int, default=64)
     add_probe_arguments(sc)
     add_family_argument(sc)
-    sc.add_argument("--query-rows", default="answer", choices=["answer", "last", "generate"])
+    sc.add_argument("--query-rows", default="answer", choices=QUERY_ROWS,
+                    help="answer: rows predicting the gold answer; last: the last prompt token; generate: "
+                         "every generated token; key: the question's key tokens (default %(default)s)")
     sc.add_argument("--only-correct", action="store_true", help="only samples the model answers correctly")
     sc.add_argument("--batch-size", type=int, default=8)
     sc.add_argument("--max-new-tokens", type=int, default=16, help="for --query-rows generate")

@@ -175,3 +175,32 @@ def encode_teacher_forced(processor, samples: Sequence, *, padding_side: str = "
         answer_mask[b, start : int(real[-1]) + 1] = True
         starts[b] = start
     return full, answer_mask, starts
+
+
+def key_rows(processor, input_ids, starts, samples: Sequence):
+    """``(B, R)`` positions of the tokens of each sample's question key
+    (:func:`~core_eval.probes.families.question_key`): its last occurrence before the answer
+    (``starts``, from :func:`encode_teacher_forced`), ``-1`` padded. The key is looked up as it
+    tokenizes alone and with a leading space (BPE tokenizers merge the space into the word);
+    raises when neither occurs, rather than scoring other rows."""
+    import torch
+
+    from core_eval.probes.families import question_key
+
+    tok = getattr(processor, "tokenizer", processor)
+    rows = []
+    for b, s in enumerate(samples):
+        key = question_key(s)
+        ids = input_ids[b, : int(starts[b])].tolist()
+        found = None
+        for text in (key, " " + key):
+            k = tok(text, add_special_tokens=False)["input_ids"]
+            hits = [p for p in range(len(ids) - len(k), -1, -1) if ids[p : p + len(k)] == k]
+            if k and hits and (found is None or hits[0] > found[0]):
+                found = (hits[0], len(k))
+        if found is None:
+            raise ValueError(f"sample {getattr(s, 'id', b)}: the tokens of its key {key!r} do not occur in the "
+                             "prompt as the key tokenizes alone or after a space, so its key rows cannot be located")
+        rows.append(list(range(found[0], found[0] + found[1])))
+    R = max(len(r) for r in rows)
+    return torch.tensor([r + [-1] * (R - len(r)) for r in rows], dtype=torch.long)

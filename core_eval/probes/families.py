@@ -25,9 +25,9 @@ from core_eval.probes.draw import (
     BACKGROUND, GRID_LINE, PALETTE, SHAPE_PLURALS, SHAPES, TEXT_COLOUR, bitmap_font, draw_shape,
 )
 from core_eval.probes.metrics import NUMBER_WORDS
-from core_eval.probes.types import Box, ProbeArgumentError, ProbeSample
+from core_eval.probes.types import Box, ProbeArgumentError, ProbeDataError, ProbeSample
 
-__all__ = ["PROBE_FAMILIES", "generate", "family_knobs", "grid_needle", "multi_image_needle",
+__all__ = ["PROBE_FAMILIES", "generate", "family_knobs", "question_key", "grid_needle", "multi_image_needle",
            "text_lookup", "count_control", "doc_needle", "KEY_WORDS", "KEY_LETTERS"]
 
 PROBE_FAMILIES: dict[str, Callable[..., list[ProbeSample]]] = {}
@@ -217,7 +217,7 @@ def _grid_needle(rng, grid=4, image_size=448, n_distractor_types=4, confusable=F
     box = Box(0, off + tc * c, off + tr * c, off + (tc + 1) * c, off + (tr + 1) * c)
     return {
         "images": [im],
-        "question": (f"What is in row {tr + 1}, column {tc + 1} of the grid (rows counted from "
+        "question": (f"What is in {_grid_address(tr, tc)} of the grid (rows counted from "
                      f"the top, columns from the left)? Answer with the colour and shape."),
         "answer": _name(target),
         "boxes": [box],
@@ -427,6 +427,44 @@ def _text_lookup(rng, n_rows=8, image_size=448, value_kind="code", value_len=4, 
     }
 
 
+def _grid_address(r: int, c: int) -> str:
+    """How a grid_needle question names cell ``(r, c)`` (0-based)."""
+    return f"row {r + 1}, column {c + 1}"
+
+
+def _count_subject(count_by: str, target: str) -> str:
+    """What a count_control question counts: ``"red shapes"`` or ``"circles"``."""
+    return f"{target} shapes" if count_by == "colour" else SHAPE_PLURALS[target]
+
+
+def question_key(sample: ProbeSample) -> str:
+    """The words of ``sample.question`` that name what is to be retrieved (RAM with
+    ``query_rows="key"`` reads the attention of their tokens): the cell address (grid_needle), the
+    object (multi_image_needle), the counted colour / shape (count_control), the key (text and
+    document families); any probe may set it as ``meta["query_key"]``. Raises
+    :class:`ProbeDataError` when a probe has none, or when it does not occur in the question."""
+    m, fam = sample.meta, sample.family
+    if "query_key" in m:
+        key = m["query_key"]
+    elif fam == "grid_needle" and "cell" in m:
+        key = _grid_address(*m["cell"])
+    elif fam == "multi_image_needle" and "target" in m:
+        key = _name(m["target"])
+    elif fam == "count_control" and "target" in m:
+        key = _count_subject(m.get("count_by", "colour"), m["target"])
+    elif isinstance(m.get("key"), str):
+        key = m["key"]
+    else:
+        raise ProbeDataError(
+            f"probe {sample.id!r} (family {fam!r}) names no key for query_rows='key': the built-in "
+            "grid_needle, multi_image_needle, count_control, text_lookup and doc_needle probes do; "
+            "for others write the question's key words into the record's meta as \"query_key\"")
+    if not isinstance(key, str) or not key or key not in sample.question:
+        raise ProbeDataError(f"probe {sample.id!r}: its key {key!r} does not occur in the question "
+                             f"{sample.question!r}; set meta[\"query_key\"] to words the question contains")
+    return key
+
+
 def _text_question(key: str) -> str:
     return f"What is the value of {key}? Answer with the value only."
 
@@ -527,15 +565,14 @@ def _count_control(rng, min_count=1, max_count=5, n_distractors=4, count_by="col
         others = [c for c in colours if c != tcol]
         types = ([(tcol, rng.choice(SHAPES)) for _ in range(count)]
                  + [(rng.choice(others), rng.choice(SHAPES)) for _ in range(n_distractors)])
-        subject = f"{tcol} shapes"
         target = tcol
     else:
         tshape = rng.choice(SHAPES)
         others = [s for s in SHAPES if s != tshape]
         types = ([(rng.choice(colours), tshape) for _ in range(count)]
                  + [(rng.choice(colours), rng.choice(others)) for _ in range(n_distractors)])
-        subject = SHAPE_PLURALS[tshape]
         target = tshape
+    subject = _count_subject(count_by, target)
 
     S = image_size
     cell = S // g

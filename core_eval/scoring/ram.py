@@ -26,7 +26,11 @@ import torch
 from core_eval.scoring import checkpoints as ckpt
 from core_eval.scoring.capture import RamCapture
 
-QUERY_ROWS = ("answer", "last", "generate")
+#: rows whose attention RAM averages: the teacher-forced rows predicting the gold answer's tokens,
+#: the last prompt token, every generated token, or the question's key tokens (the words naming
+#: what to retrieve, :func:`~core_eval.probes.families.question_key`: a head that matches the key
+#: against the image does it there, before any answer row exists)
+QUERY_ROWS = ("answer", "last", "generate", "key")
 
 
 @dataclass
@@ -75,7 +79,7 @@ def score_batch(model, processor, samples: Sequence, cfg: ScoreConfig, capture: 
     """Per-sample masses for one batch. Returns tensors ``ram``/``visual_mass`` ``(B, L, H)``,
     ``region_frac`` ``(B,)`` = |R|/|V|, ``correct`` ``(B,)`` bool, ``rows`` ``(B,)``."""
     from core_eval.adapters.regions import sample_region_masks
-    from core_eval.prompting import encode, encode_teacher_forced
+    from core_eval.prompting import encode, encode_teacher_forced, key_rows
 
     from core_eval.adapters import adapter_for
 
@@ -104,6 +108,8 @@ def score_batch(model, processor, samples: Sequence, cfg: ScoreConfig, capture: 
         masks = sample_region_masks(processor, inputs, samples, family=adapter)
         if cfg.query_rows == "answer":
             rows = _rows_from_mask(amask)
+        elif cfg.query_rows == "key":
+            rows = key_rows(processor, inputs["input_ids"], starts, samples)
         else:
             rows = (starts - 1)[:, None]
         capture.reset(masks.target, rows)
@@ -274,6 +280,11 @@ def score(pretrained: str, out: str | Path, cfg: ScoreConfig, *, image_root=None
     samples = load_probe(source, n=cfg.n, seed=cfg.seed, image_root=image_root, **cfg.knobs)
     if len(samples) > cfg.n:
         samples = samples[: cfg.n]
+    if cfg.query_rows == "key":  # every probe must name its key: say which does not before the model load
+        from core_eval.probes.families import question_key
+
+        for s in samples:
+            question_key(s)
     probe_hash = probe_set_hash(samples)
     model_id = str(Path(pretrained).resolve()) if Path(pretrained).exists() else str(pretrained)
     weights = ckpt.weights_fingerprint(pretrained)
