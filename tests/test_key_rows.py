@@ -8,13 +8,12 @@ import numpy as np
 import pytest
 import torch
 from conftest import ALL_FAMILIES, visual_or_stand_in
-from test_ram_capture import random_region, reference_mass
+from test_ram_capture import assert_rows_match_reference, random_region, reference_mass
 
 from core_eval.adapters import adapter_for
 from core_eval.probes import ProbeDataError, ProbeSample, generate, write_jsonl
 from core_eval.probes.families import question_key
 from core_eval.prompting import encode_teacher_forced, key_rows
-from core_eval.scoring.capture import RamCapture
 from core_eval.scoring.ram import ScoreConfig, score
 
 
@@ -54,18 +53,7 @@ def test_key_row_masses_match_eager_reference(tiny_sdpa_eager, family):
     inputs = dict(inputs)
     ids = inputs["input_ids"]
     rows = key_rows(proc, ids, starts, samples)
-    visual = visual_or_stand_in(model, ids)
-    region = random_region(visual, seed=4)
-    cap = RamCapture(model)
-    if not adapter_for(model).visual_mask(ids).any():
-        cap.tracker._visual_mask_fn = lambda x: visual
-    with torch.no_grad(), cap:
-        cap.reset(region, rows)
-        model(**inputs)
-        ref = eager(**inputs, output_attentions=True)
-    want_r, want_v = reference_mass(ref.attentions, rows, region, visual)
-    torch.testing.assert_close(cap.result()["ram"], want_r, atol=1e-5, rtol=0)
-    torch.testing.assert_close(cap.result()["visual_mass"], want_v, atol=1e-5, rtol=0)
+    assert_rows_match_reference(model, eager, inputs, rows, random_region(visual_or_stand_in(model, ids), seed=4))
 
 
 def test_score_with_key_rows_matches_eager_reference(tiny_sdpa_eager, tmp_path):

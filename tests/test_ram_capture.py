@@ -95,7 +95,13 @@ def test_last_row_mode_matches_reference(setup, family):
     visual = visual_of(model, ids)
     region = random_region(visual, seed=1)
     starts = amask.float().argmax(1)
-    rows = (starts - 1)[:, None]  # the last prompt token
+    assert_rows_match_reference(model, eager, inputs, (starts - 1)[:, None], region)  # the last prompt token
+
+
+def assert_rows_match_reference(model, eager, inputs, rows, region):
+    """One prefill with the capture on ``rows`` (B, R) == the eager reference on those rows."""
+    ids = inputs["input_ids"]
+    visual = visual_of(model, ids)
     cap = RamCapture(model)
     cap.tracker._visual_mask_fn = lambda x: visual_of(model, x) if x.shape[1] == ids.shape[1] else torch.zeros_like(x, dtype=torch.bool)
     with torch.no_grad(), cap:
