@@ -18,7 +18,7 @@ from PIL import Image
 
 from core_eval.adapters import adapter_for
 from core_eval.probes import generate
-from core_eval.prompting import encode_teacher_forced
+from core_eval.prompting import encode_teacher_forced, key_rows
 from core_eval.scoring.capture import RamCapture
 from core_eval.scoring.plots import (
     DPI,
@@ -199,7 +199,7 @@ def test_heatmap_png_and_cli(tmp_path):
         ram_heatmap(spec, tmp_path / "x.png", score="nope")
 
 
-@pytest.mark.parametrize("rows", ["answer", "last"])
+@pytest.mark.parametrize("rows", ["answer", "last", "key"])
 def test_attention_overlay_png(models, tmp_path, rows):
     d, model, eager, proc = models("llava")
     shape = adapter_for(model).shape
@@ -217,7 +217,8 @@ def test_attention_overlay_png(models, tmp_path, rows):
     inputs, amask, starts = encode_teacher_forced(proc, [sample])
     with torch.no_grad():
         att = eager(**dict(inputs), output_attentions=True).attentions
-    r = (amask[0].nonzero().flatten() - 1) if rows == "answer" else (starts - 1)
+    r = {"answer": amask[0].nonzero().flatten() - 1, "last": starts - 1,
+         "key": key_rows(proc, inputs["input_ids"], starts, [sample])[0]}[rows]
     for (l, h), w in zip(heads, ov.weights):
         np.testing.assert_allclose(w, att[l][0, h, r].double().mean(0).numpy(), atol=1e-5)
 

@@ -29,7 +29,7 @@ import numpy as np
 
 DPI = 100
 MAX_PANELS = 6
-ROWS = ("answer", "last")
+ROWS = ("answer", "last", "key")  # a subset of core_eval.scoring.ram.QUERY_ROWS (no decoding)
 BOX_COLOUR = "#00e5ff"
 SELECTED_COLOUR = "#ff2d2d"
 HEAT_COLOUR = (1.0, 0.12, 0.0)  # overlay colour (RGB in [0, 1]); opacity = attention mass
@@ -266,12 +266,16 @@ def top_heads(spec, k: int = 4, score: str = "ram") -> list[tuple[int, int]]:
     return [(l, h) for _, l, h in order[:k]]
 
 
-def _query_rows(amask, starts, rows: str):
+def _query_rows(processor, inputs, amask, starts, sample, rows: str):
     import torch
 
     if rows == "answer":
         r = amask[0].nonzero().flatten() - 1
         return r[None]
+    if rows == "key":
+        from core_eval.prompting import key_rows
+
+        return key_rows(processor, inputs["input_ids"], starts, [sample])
     return (starts - 1)[:, None].to(torch.long)
 
 
@@ -282,8 +286,9 @@ def attention_overlay(model, processor, sample, heads, path, rows: str = "answer
     sample (and its ``spec`` score when given) in the panel title.
 
     ``heads``: ``[(layer, head), ...]``; ``rows``: ``"answer"`` (the teacher-forced rows that
-    predict the gold answer's tokens) or ``"last"`` (the last prompt token). The rows' attention
-    is averaged; each visual token's weight is spread over its patch rectangle
+    predict the gold answer's tokens), ``"last"`` (the last prompt token) or ``"key"`` (the
+    question's key tokens, :func:`~core_eval.prompting.key_rows`). The rows' attention is
+    averaged; each visual token's weight is spread over its patch rectangle
     (:func:`token_heat`, mass per pixel). ``normalize``: ``"head"`` (each panel scaled to its own
     maximum) or ``"shared"`` (one scale for all panels).
     """
@@ -316,7 +321,7 @@ def attention_overlay(model, processor, sample, heads, path, rows: str = "answer
     masks = sample_region_masks(processor, inputs, [sample], family=ad)
     sizes = list(sample.image_sizes)
     tr = token_rects(processor, inputs, [sizes], family=ad)
-    q_rows = _query_rows(amask, starts, rows)
+    q_rows = _query_rows(processor, inputs, amask, starts, sample, rows)
     keep: dict[int, list[int]] = {}
     for l, h in heads:
         keep.setdefault(l, [])
