@@ -25,11 +25,12 @@ def _samples():
 
 
 def test_question_keys_of_the_builtin_families():
-    keys = [question_key(s) for s in _samples()]
+    samples = _samples()
+    keys = [question_key(s) for s in samples]
     assert keys[0].startswith("row ") and ", column " in keys[0]
-    assert keys[1] == " ".join(_samples()[1].meta["target"])
-    assert keys[2].endswith("s") and keys[2] in _samples()[2].question  # "circles", the plural the question asks
-    assert keys[3] == _samples()[3].meta["key"]
+    assert keys[1] == " ".join(samples[1].meta["target"])
+    assert keys[2].endswith("s") and keys[2] in samples[2].question  # "circles", the plural the question asks
+    assert keys[3] == samples[3].meta["key"]
 
 
 @pytest.mark.parametrize("family", ALL_FAMILIES)

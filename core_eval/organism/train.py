@@ -35,8 +35,9 @@ Two stages, as real MLLMs are trained:
    phase per multi-image scene size (:data:`MI_CURRICULUM`: 24 questions + 24 read-outs of that
    size, until its accuracy or its cap); then all families together. Loss = cross-entropy on the
    answer tokens and the end-of-sequence token that follows them. Each family runs as its own
-   sub-batch (little padding); one optimizer step per batch. The frozen tower's features are computed once per probe image (exactly what the
-   model computes in its forward; checked against the real forward at the end).
+   sub-batch (little padding); one optimizer step per batch. The frozen tower's features are
+   computed once per probe image (exactly what the model computes in its forward; checked
+   against the real forward at the end).
 
 Options for studying other recipes (``--set KEY=JSON``; :data:`V1_RECIPE` lists the first
 organism's values): ``image_labels`` (the chat template writes ``Image k: <image>``, as

@@ -29,7 +29,7 @@ import numpy as np
 
 DPI = 100
 MAX_PANELS = 6
-ROWS = ("answer", "last", "key")  # a subset of core_eval.scoring.ram.QUERY_ROWS (no decoding)
+ROWS = ("answer", "last", "key")  # the teacher-forced ones of core_eval.scoring.ram.QUERY_ROWS
 BOX_COLOUR = "#00e5ff"
 SELECTED_COLOUR = "#ff2d2d"
 HEAT_COLOUR = (1.0, 0.12, 0.0)  # overlay colour (RGB in [0, 1]); opacity = attention mass
@@ -266,19 +266,6 @@ def top_heads(spec, k: int = 4, score: str = "ram") -> list[tuple[int, int]]:
     return [(l, h) for _, l, h in order[:k]]
 
 
-def _query_rows(processor, inputs, amask, starts, sample, rows: str):
-    import torch
-
-    if rows == "answer":
-        r = amask[0].nonzero().flatten() - 1
-        return r[None]
-    if rows == "key":
-        from core_eval.prompting import key_rows
-
-        return key_rows(processor, inputs["input_ids"], starts, [sample])
-    return (starts - 1)[:, None].to(torch.long)
-
-
 def attention_overlay(model, processor, sample, heads, path, rows: str = "answer", *, spec=None,
                       score: str = "ram", normalize: str = "head", title: str | None = None) -> Overlay:
     """One figure, one panel per head (up to :data:`MAX_PANELS`): the image(s) of ``sample`` with
@@ -298,6 +285,7 @@ def attention_overlay(model, processor, sample, heads, path, rows: str = "answer
     from core_eval.adapters.regions import sample_region_masks, token_rects
     from core_eval.prompting import encode_teacher_forced, is_text_only
     from core_eval.scoring.capture import RamCapture
+    from core_eval.scoring.ram import teacher_forced_rows
 
     if rows not in ROWS:
         raise ValueError(f"rows={rows!r}; use one of {', '.join(ROWS)}")
@@ -321,7 +309,7 @@ def attention_overlay(model, processor, sample, heads, path, rows: str = "answer
     masks = sample_region_masks(processor, inputs, [sample], family=ad)
     sizes = list(sample.image_sizes)
     tr = token_rects(processor, inputs, [sizes], family=ad)
-    q_rows = _query_rows(processor, inputs, amask, starts, sample, rows)
+    q_rows = teacher_forced_rows(rows, processor, inputs, amask, starts, [sample])
     keep: dict[int, list[int]] = {}
     for l, h in heads:
         keep.setdefault(l, [])

@@ -79,7 +79,7 @@ def score_batch(model, processor, samples: Sequence, cfg: ScoreConfig, capture: 
     """Per-sample masses for one batch. Returns tensors ``ram``/``visual_mass`` ``(B, L, H)``,
     ``region_frac`` ``(B,)`` = |R|/|V|, ``correct`` ``(B,)`` bool, ``rows`` ``(B,)``."""
     from core_eval.adapters.regions import sample_region_masks
-    from core_eval.prompting import encode, encode_teacher_forced, key_rows
+    from core_eval.prompting import encode, encode_teacher_forced
 
     from core_eval.adapters import adapter_for
 
@@ -106,12 +106,7 @@ def score_batch(model, processor, samples: Sequence, cfg: ScoreConfig, capture: 
     else:
         inputs, amask, starts = encode_teacher_forced(processor, samples)
         masks = sample_region_masks(processor, inputs, samples, family=adapter)
-        if cfg.query_rows == "answer":
-            rows = _rows_from_mask(amask)
-        elif cfg.query_rows == "key":
-            rows = key_rows(processor, inputs["input_ids"], starts, samples)
-        else:
-            rows = (starts - 1)[:, None]
+        rows = teacher_forced_rows(cfg.query_rows, processor, inputs, amask, starts, samples)
         capture.reset(masks.target, rows)
         logits = model(**_to(inputs, device)).logits.cpu()
         res = capture.result()
@@ -130,11 +125,22 @@ def _to(inputs, device):
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in dict(inputs).items()}
 
 
-def _rows_from_mask(amask: torch.Tensor) -> torch.Tensor:
-    """(B, R) rows predicting each answer token (the token's position - 1), -1 padded."""
-    rows = [m.nonzero().flatten() - 1 for m in amask]
-    R = max(len(r) for r in rows)
-    return torch.stack([torch.cat([r, r.new_full((R - len(r),), -1)]) for r in rows])
+def teacher_forced_rows(rule: str, processor, inputs, amask: torch.Tensor, starts: torch.Tensor,
+                        samples: Sequence) -> torch.Tensor:
+    """``(B, R)`` query rows of a teacher-forced batch (:func:`~core_eval.prompting.encode_teacher_forced`),
+    ``-1`` padded, for ``rule``: ``"answer"`` (the rows predicting each answer token: its position
+    - 1), ``"last"`` (the last prompt token) or ``"key"`` (:func:`~core_eval.prompting.key_rows`)."""
+    if rule == "answer":
+        rows = [m.nonzero().flatten() - 1 for m in amask]
+        R = max(len(r) for r in rows)
+        return torch.stack([torch.cat([r, r.new_full((R - len(r),), -1)]) for r in rows])
+    if rule == "key":
+        from core_eval.prompting import key_rows
+
+        return key_rows(processor, inputs["input_ids"], starts, samples)
+    if rule == "last":
+        return (starts - 1)[:, None].to(torch.long)
+    raise ValueError(f"query rows {rule!r}; teacher-forced rows are answer, last or key")
 
 
 def _eos_ids(model) -> torch.Tensor:
